@@ -1,0 +1,16 @@
+"""Public ops: validation, torch.library custom ops with fakes and autograd, backend dispatch."""
+
+from ._lib import BACKENDS, BackendUnavailableError
+from .gae import gae, group_advantages, masked_whiten, reinforce_returns
+from .kl import kl_penalty
+from .linear_logprobs import linear_logprobs
+from .logprobs import token_logprobs
+from .ppo_loss import ppo_policy_loss, ppo_value_loss
+from .token_rewards import AdaptiveKLController, FixedKLController, token_rewards
+from .topk import topk_scores
+
+__all__ = [
+    "BACKENDS", "AdaptiveKLController", "BackendUnavailableError", "FixedKLController", "gae",
+    "group_advantages", "kl_penalty", "linear_logprobs", "masked_whiten", "ppo_policy_loss",
+    "ppo_value_loss", "reinforce_returns", "token_logprobs", "token_rewards", "topk_scores",
+]

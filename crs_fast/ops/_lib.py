@@ -1,0 +1,106 @@
+"""Plumbing shared by the ops: the compiled module, dtype codes, raw pointers, backend choice.
+
+Backends: ``"cpu"`` (the C++ kernels of ``crs_fast._C``, CPU tensors), ``"torch"`` (the
+pure-PyTorch reference, any device), ``"triton"`` and ``"cuda"`` (GPU kernels, not in this
+build yet). ``backend=None`` picks the fastest that can run; ``backend=`` per call or the
+``CRS_FAST_BACKEND`` environment variable overrides, and a backend that cannot run raises
+:class:`BackendUnavailableError` listing every backend and why it cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+try:
+    from crs_fast import _C
+except ImportError as exc:  # the package still works through the reference
+    _C = None
+    _C_ERROR = f"the compiled module crs_fast._C did not import ({exc})"
+else:
+    _C_ERROR = ""
+
+BACKENDS = ("cpu", "torch", "triton", "cuda")
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run these inputs."""
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    """The kernels' code for a float tensor's dtype."""
+    return _DTYPE_CODES[t.dtype]
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    """Address of a contiguous tensor's data, 0 for None."""
+    return 0 if t is None else t.data_ptr()
+
+
+def nthreads() -> int:
+    """Threads for the C++ kernels: follows ``torch.set_num_threads``."""
+    return torch.get_num_threads()
+
+
+def as_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A contiguous uint8 view of ``mask != 0``."""
+    return mask.ne(0).contiguous().view(torch.uint8)
+
+
+def _why_not(backend: str, device: torch.device) -> str:
+    """Empty if ``backend`` can run on ``device``, else the reason it cannot."""
+    if backend == "torch":
+        return ""
+    if backend == "cpu":
+        if _C is None:
+            return _C_ERROR
+        if device.type != "cpu":
+            return f"it runs CPU tensors and these are on {device}"
+        return ""
+    if backend in ("triton", "cuda"):
+        if device.type != "cuda":
+            return f"it runs CUDA tensors and these are on {device}"
+        return f"this build of crs_fast has no {backend} kernels yet"
+    return "no such backend"
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """The backend to run: ``requested`` ("" for automatic), else ``CRS_FAST_BACKEND``."""
+    choice = requested or os.environ.get("CRS_FAST_BACKEND", "") or "auto"
+    if choice == "auto":
+        return "cpu" if not _why_not("cpu", device) else "torch"
+    if choice not in BACKENDS:
+        source = "backend=" if requested else "CRS_FAST_BACKEND"
+        raise ValueError(f"{source} must be one of {BACKENDS} or 'auto', got {choice!r}")
+    reason = _why_not(choice, device)
+    if reason:
+        lines = [f"backend {choice!r} cannot run these inputs ({device}):"]
+        for name in BACKENDS:
+            why = _why_not(name, device)
+            lines.append(f"  {name}: {why or 'available'}")
+        raise BackendUnavailableError("\n".join(lines))
+    return choice
+
+
+def check_backend_arg(backend: Any) -> str:
+    """Validate a ``backend=`` argument; returns "" for automatic choice."""
+    if backend is None:
+        return ""
+    if not isinstance(backend, str) or backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"backend must be None, 'auto' or one of {BACKENDS}, got {backend!r}")
+    return "" if backend == "auto" else backend
+
+
+def empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A new contiguous tensor on ``like``'s device (for kernel outputs and fakes)."""
+    return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device)
+
+
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation and statistics dtype: float64 for float64 inputs, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32

@@ -1,0 +1,175 @@
+"""Clipped PPO policy and value losses, fused: one pass for the loss and its statistics, one
+for the gradient."""
+
+import torch
+
+from . import _validate as V
+from . import reference
+from ._lib import _C, acc_dtype, as_mask, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+
+AGG_MODES = reference.AGG_MODES
+_AGG = {name: i for i, name in enumerate(AGG_MODES)}
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(value, dtype=acc_dtype(like), device=like.device)
+
+
+def _dual(dual_clip: float | None) -> float:
+    return -1.0 if dual_clip is None else dual_clip
+
+
+@torch.library.custom_op("crs_fast::ppo_policy_loss", mutates_args=())
+def _policy_op(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+               mask: torch.Tensor, clip_low: float, clip_high: float, dual_clip: float | None,
+               agg: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
+    B, T = lp.shape
+    loss, cf, cfl, kl = _C.policy_loss_forward(dtype_code(lp), ptr(lp), ptr(old), ptr(adv), ptr(m), B, T,
+                                               clip_low, clip_high, _dual(dual_clip), _AGG[agg], nthreads())
+    return _scalar(loss, lp), _scalar(cf, lp), _scalar(cfl, lp), _scalar(kl, lp)
+
+
+@_policy_op.register_fake
+def _(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, backend):
+    return tuple(empty((), logp, acc_dtype(logp)) for _ in range(4))
+
+
+@torch.library.custom_op("crs_fast::ppo_policy_loss_backward", mutates_args=())
+def _policy_bwd_op(grad: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor,
+                   advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float,
+                   dual_clip: float | None, agg: str, backend: str) -> torch.Tensor:
+    lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
+    out = empty(lp.shape, lp)
+    B, T = lp.shape
+    _C.policy_loss_backward(dtype_code(lp), float(grad), ptr(lp), ptr(old), ptr(adv), ptr(m), ptr(out), B, T,
+                            clip_low, clip_high, _dual(dual_clip), _AGG[agg], nthreads())
+    return out
+
+
+@_policy_bwd_op.register_fake
+def _(grad, logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, backend):
+    return empty(logp.shape, logp)
+
+
+def _policy_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.args = inputs[4:]
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _policy_backward(ctx, grad, *unused):
+    g = _policy_bwd_op(grad, *ctx.saved_tensors, *ctx.args)
+    return (g,) + (None,) * 8
+
+
+_policy_op.register_autograd(_policy_backward, setup_context=_policy_setup)
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.2,
+                    dual_clip: float | None = None, agg: str = "token-mean",
+                    backend: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped PPO policy loss over [B, T] tokens -> (loss, stats); differentiable in ``logp``.
+
+    ``ratio = exp(clamp(logp - old_logp, -20, 20))``, ``l1 = -A*ratio``,
+    ``l2 = -A*clamp(ratio, 1 - clip_low, 1 + clip_high)``, per token ``max(l1, l2)``; with
+    ``dual_clip = c > 1``, where ``A < 0``: ``min(max(l1, l2), -c*A)``. ``agg`` aggregates over
+    the mask: "token-mean", "seq-mean-token-sum", "seq-mean-token-mean" or
+    "seq-mean-token-sum-norm" (divided by T); an empty mask gives 0. ``stats``: "clipfrac"
+    (fraction with ``l2 > l1``), "clipfrac_lower" (dual clip active) and "approx_kl"
+    (``mean(old_logp - logp)``), all over the mask. Float32 results (float64 inputs: float64).
+    """
+    for name, t in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
+        V.tensor(name, t, ndim=2, floating=True)
+    V.mask_tensor("mask", mask)
+    V.same_shape("logp", logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    V.same_device("logp", logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    V.same_dtype("logp", logp, old_logp=old_logp, advantages=advantages)
+    V.non_empty("logp", logp)
+    clip_low = V.number("clip_low", clip_low, min_value=0.0)
+    clip_high = V.number("clip_high", clip_high, min_value=0.0)
+    if clip_low > 1.0:
+        raise ValueError(f"`clip_low` must be <= 1 (the ratio's lower bound is 1 - clip_low), got {clip_low}")
+    if dual_clip is not None:
+        dual_clip = V.number("dual_clip", dual_clip, min_value=1.0, strict=True)
+    V.choice("agg", agg, AGG_MODES)
+    be = resolve_backend(check_backend_arg(backend), logp.device)
+    if be == "torch":
+        return reference.ppo_policy_loss(logp, old_logp, advantages, mask, clip_low=clip_low,
+                                         clip_high=clip_high, dual_clip=dual_clip, agg=agg)
+    loss, cf, cfl, kl = _policy_op(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, be)
+    return loss, {"clipfrac": cf, "clipfrac_lower": cfl, "approx_kl": kl}
+
+
+def _clip(clip: float | None) -> float:
+    return -1.0 if clip is None else clip
+
+
+@torch.library.custom_op("crs_fast::ppo_value_loss", mutates_args=())
+def _value_op(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+              clip: float | None, agg: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
+    B, T = v.shape
+    loss, cf = _C.value_loss_forward(dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, _clip(clip),
+                                     _AGG[agg], nthreads())
+    return _scalar(loss, v), _scalar(cf, v)
+
+
+@_value_op.register_fake
+def _(values, old_values, returns, mask, clip, agg, backend):
+    return empty((), values, acc_dtype(values)), empty((), values, acc_dtype(values))
+
+
+@torch.library.custom_op("crs_fast::ppo_value_loss_backward", mutates_args=())
+def _value_bwd_op(grad: torch.Tensor, values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                  mask: torch.Tensor, clip: float | None, agg: str, backend: str) -> torch.Tensor:
+    v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
+    out = empty(v.shape, v)
+    B, T = v.shape
+    _C.value_loss_backward(dtype_code(v), float(grad), ptr(v), ptr(old), ptr(ret), ptr(m), ptr(out), B, T,
+                           _clip(clip), _AGG[agg], nthreads())
+    return out
+
+
+@_value_bwd_op.register_fake
+def _(grad, values, old_values, returns, mask, clip, agg, backend):
+    return empty(values.shape, values)
+
+
+def _value_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.args = inputs[4:]
+    ctx.mark_non_differentiable(output[1])
+
+
+def _value_backward(ctx, grad, unused):
+    g = _value_bwd_op(grad, *ctx.saved_tensors, *ctx.args)
+    return (g,) + (None,) * 6
+
+
+_value_op.register_autograd(_value_backward, setup_context=_value_setup)
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, *, clip: float | None = 0.2, agg: str = "token-mean",
+                   backend: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ``0.5 * agg(max((v - R)^2, (v_c - R)^2))`` with
+    ``v_c = clamp(v, v_old - clip, v_old + clip)`` (``clip=None``: unclipped) -> (loss, stats);
+    differentiable in ``values``. ``stats["clipfrac"]``: fraction of masked tokens where the
+    clipped term is larger. Aggregations as :func:`ppo_policy_loss`."""
+    for name, t in (("values", values), ("old_values", old_values), ("returns", returns)):
+        V.tensor(name, t, ndim=2, floating=True)
+    V.mask_tensor("mask", mask)
+    V.same_shape("values", values, old_values=old_values, returns=returns, mask=mask)
+    V.same_device("values", values, old_values=old_values, returns=returns, mask=mask)
+    V.same_dtype("values", values, old_values=old_values, returns=returns)
+    V.non_empty("values", values)
+    if clip is not None:
+        clip = V.number("clip", clip, min_value=0.0)
+    V.choice("agg", agg, AGG_MODES)
+    be = resolve_backend(check_backend_arg(backend), values.device)
+    if be == "torch":
+        return reference.ppo_value_loss(values, old_values, returns, mask, clip=clip, agg=agg)
+    loss, cf = _value_op(values, old_values, returns, mask, clip, agg, be)
+    return loss, {"clipfrac": cf}

@@ -1,0 +1,271 @@
+"""Pure-PyTorch reference of every op: the definition the kernels are tested against and the
+``"torch"`` backend. Written for clarity, not speed. Math runs in ``compute`` dtype (float32 by
+default, float64 for float64 inputs); results come back in the dtype each op documents.
+Semantics: ``shared/docs/DESIGN.md`` ("The ops and their exact semantics").
+"""
+
+from __future__ import annotations
+
+import torch
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+GAE_MODES = ("verl", "trl", "openrlhf")
+KL_KINDS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
+
+
+def _cdt(x: torch.Tensor, compute: torch.dtype | None) -> torch.dtype:
+    if compute is not None:
+        return compute
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _loss_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _whiten(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
+    """(x - mean) * rsqrt(var + 1e-8) over the mask (clamp_eps: rsqrt(max(var, 1e-8)))."""
+    n = m.sum()
+    if n == 0:
+        return x.clone()
+    mean = (x * m).sum() / n
+    var = ((x - mean) ** 2 * m).sum() / n
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
+    rstd = torch.rsqrt(var.clamp(min=1e-8)) if clamp_eps else torch.rsqrt(var + 1e-8)
+    return (x - mean) * rstd
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float,
+        mode: str = "verl", whiten: bool = True, compute: torch.dtype | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE by its definition, a Python loop over t: (advantages, returns) in the input dtype."""
+    dt = _cdt(rewards, compute)
+    r, v, m = rewards.to(dt), values.to(dt), mask.ne(0).to(dt)
+    B, T = r.shape
+    if mode == "trl":
+        pos = torch.arange(T, device=r.device)
+        last = torch.where(m.bool(), pos, torch.full_like(pos, -1)).max(dim=1, keepdim=True).values
+        v = v * (pos[None, :] <= last).to(dt)
+    elif mode == "openrlhf":
+        v, r = v * m, r * m
+    next_v = torch.zeros(B, dtype=dt, device=r.device)
+    last_a = torch.zeros(B, dtype=dt, device=r.device)
+    adv = torch.zeros_like(r)
+    for t in reversed(range(T)):
+        a_t = r[:, t] + gamma * next_v - v[:, t] + gamma * lam * last_a
+        if mode == "verl":
+            keep = m[:, t]
+            next_v = v[:, t] * keep + next_v * (1 - keep)
+            last_a = a_t * keep + last_a * (1 - keep)
+        else:
+            next_v, last_a = v[:, t], a_t
+        adv[:, t] = last_a
+    ret = adv + v
+    if whiten:
+        adv = _whiten(adv, m, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
+    if mode == "trl":
+        adv = adv * m
+    return adv.to(rewards.dtype), ret.to(rewards.dtype)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
+                  unbiased: bool = True, compute: torch.dtype | None = None) -> torch.Tensor:
+    """(x - mean) * rsqrt(var + 1e-8) with mean and var over the mask; the mean re-added if not shift_mean."""
+    dt = _cdt(values, compute)
+    x, m = values.to(dt), mask.ne(0).to(dt)
+    out = _whiten(x, m, unbiased=unbiased, clamp_eps=False)
+    if not shift_mean and m.sum() > 0:
+        out = out + (x * m).sum() / m.sum()
+    return out.to(values.dtype)
+
+
+def reinforce_returns(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float,
+                      compute: torch.dtype | None = None) -> torch.Tensor:
+    """G_t = m_t * r_t + gamma * G_{t+1}, G_T = 0."""
+    dt = _cdt(rewards, compute)
+    r = rewards.to(dt) * mask.ne(0).to(dt)
+    g = torch.zeros(r.shape[0], dtype=dt, device=r.device)
+    out = torch.zeros_like(r)
+    for t in reversed(range(r.shape[1])):
+        g = r[:, t] + gamma * g
+        out[:, t] = g
+    return out.to(rewards.dtype)
+
+
+def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, *, mode: str = "grpo",
+                     eps: float = 1e-6, norm_by_std: bool = True,
+                     compute: torch.dtype | None = None) -> torch.Tensor:
+    """GRPO: (s - mean_g) / (std_g + eps) (unbiased std; a singleton has mean 0, std 1);
+    RLOO: s - mean of the others in the group = (s - mean_g) * n / (n - 1); a singleton keeps s."""
+    dt = _cdt(scores, compute)
+    s = scores.to(dt)
+    out = torch.empty_like(s)
+    for g in torch.unique(group_ids):
+        idx = (group_ids == g).nonzero(as_tuple=True)[0]
+        x = s[idx]
+        n = x.numel()
+        if mode == "grpo":
+            mean = x.mean() if n > 1 else torch.zeros((), dtype=dt)
+            std = x.std() if n > 1 else torch.ones((), dtype=dt)
+            out[idx] = (x - mean) / (std + eps) if norm_by_std else x - mean
+        else:
+            out[idx] = x * n / (n - 1) - x.mean() * n / (n - 1) if n > 1 else x
+    return out.to(scores.dtype)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, *, kind: str = "k1",
+               clamp: float | None = None, compute: torch.dtype | None = None) -> torch.Tensor:
+    """Per-token KL estimate of d = logp - ref_logp; "+" kinds: value of the kind, gradient of k2."""
+    dt = _cdt(logp, compute)
+    d = logp.to(dt) - ref_logp.to(dt)
+    base = kind.rstrip("+")
+    if base == "k1":
+        val = d
+    elif base == "abs":
+        val = d.abs()
+    elif base == "k2":
+        val = 0.5 * d.square()
+    else:
+        x = torch.clamp(-d, min=-20, max=20)
+        val = torch.clamp(torch.exp(x) - x - 1, min=-10, max=10)
+    if clamp is not None:
+        val = val.clamp(min=-clamp, max=clamp)
+    if kind.endswith("+"):
+        k2 = 0.5 * d.square()
+        val = k2 - k2.detach() + val.detach()
+    return val.to(logp.dtype)
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, beta: float,
+                  clip: tuple[float, float] | None = None, compute: torch.dtype | None = None
+                  ) -> torch.Tensor:
+    """r_t = -beta * kl_t * m_t, plus the (clipped) score at the last token with m = 1."""
+    dt = _cdt(kl, compute)
+    m = mask.ne(0)
+    r = -beta * kl.to(dt) * m.to(dt)
+    s = scores.to(dt)
+    if clip is not None:
+        s = s.clamp(min=clip[0], max=clip[1])
+    T = kl.shape[1]
+    pos = torch.arange(T, device=kl.device)
+    last = torch.where(m, pos, torch.full_like(pos, -1)).max(dim=1).values
+    rows = (last >= 0).nonzero(as_tuple=True)[0]
+    r[rows, last[rows]] += s[rows]
+    return r.to(kl.dtype)
+
+
+def _aggregate(loss_mat: torch.Tensor, m: torch.Tensor, agg: str) -> torch.Tensor:
+    """Aggregate a [B, T] loss over the mask; empty masks give 0."""
+    tokens_per_row = m.sum(dim=-1)
+    rows = (tokens_per_row > 0).to(loss_mat.dtype).sum()
+    row_sum = (loss_mat * m).sum(dim=-1)
+    if agg == "token-mean":
+        n = m.sum()
+        return (loss_mat * m).sum() / n if n > 0 else loss_mat.new_zeros(())
+    if rows == 0:
+        return loss_mat.new_zeros(())
+    if agg == "seq-mean-token-mean":
+        return (row_sum / tokens_per_row.clamp(min=1)).sum() / rows
+    loss = row_sum.sum() / rows
+    return loss / loss_mat.shape[-1] if agg == "seq-mean-token-sum-norm" else loss
+
+
+def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    n = m.sum()
+    return (x * m).sum() / n if n > 0 else x.new_zeros(())
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.2,
+                    dual_clip: float | None = None, agg: str = "token-mean",
+                    compute: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped PPO policy loss (optionally dual-clipped) and its statistics."""
+    dt = _cdt(logp, compute)
+    lp, old, a = logp.to(dt), old_logp.to(dt), advantages.to(dt)
+    m = mask.ne(0).to(dt)
+    d = lp - old
+    ratio = torch.exp(torch.clamp(d, -20.0, 20.0))
+    l1 = -a * ratio
+    l2 = -a * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    c1 = torch.maximum(l1, l2)
+    if dual_clip is not None:
+        l3 = -a * dual_clip
+        pg = torch.where(a < 0, torch.minimum(c1, l3), c1)
+        lower = (c1 > l3) & (a < 0)
+    else:
+        pg = c1
+        lower = torch.zeros_like(c1, dtype=torch.bool)
+    out = _loss_dtype(logp)
+    loss = _aggregate(pg, m, agg).to(out)
+    stats = {
+        "clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out),
+        "clipfrac_lower": _masked_mean(lower.to(dt), m).detach().to(out),
+        "approx_kl": _masked_mean(-d, m).detach().to(out),
+    }
+    return loss, stats
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, *, clip: float | None = 0.2, agg: str = "token-mean",
+                   compute: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """0.5 * agg(max((v - R)^2, (clamp(v, v_old - eps, v_old + eps) - R)^2)) and the clip fraction."""
+    dt = _cdt(values, compute)
+    v, old, R = values.to(dt), old_values.to(dt), returns.to(dt)
+    m = mask.ne(0).to(dt)
+    l1 = (v - R) ** 2
+    if clip is None:
+        l2 = l1
+    else:
+        vc = torch.max(torch.min(v, old + clip), old - clip)
+        l2 = (vc - R) ** 2
+    out = _loss_dtype(values)
+    loss = (0.5 * _aggregate(torch.max(l1, l2), m, agg)).to(out)
+    return loss, {"clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out)}
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
+                   ignore_index: int = -100, compute: torch.dtype | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(z/tau)[y], entropy of softmax(z/tau)); ignored labels give 0 and 0.
+    Float32 results (float64 for float64 logits)."""
+    dt = _cdt(logits, compute)
+    z = logits.to(dt) / temperature
+    logp = torch.log_softmax(z, dim=-1)
+    keep = labels != ignore_index
+    safe = torch.where(keep, labels, torch.zeros_like(labels))
+    lp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    out = _loss_dtype(logits)
+    zero = torch.zeros((), dtype=dt, device=z.device)
+    return torch.where(keep, lp, zero).to(out), torch.where(keep, ent, zero).to(out)
+
+
+def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                    temperature: float = 1.0, ignore_index: int = -100,
+                    compute: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_logprobs of the logits hidden @ weight.T, materialised (the unfused path)."""
+    dt = _cdt(hidden, compute)
+    logits = hidden.to(dt) @ weight.to(dt).T
+    lp, ent = token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index,
+                             compute=dt)
+    out = _loss_dtype(hidden)
+    return lp.to(out), ent.to(out)
+
+
+def topk_scores(queries: torch.Tensor, items: torch.Tensor, *, k: int, bias: torch.Tensor | None = None,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of q @ E^T + bias per row, excluded items removed, ties by the lower index.
+    Float32 scores; slots beyond the items left hold -inf and index -1."""
+    s = queries.float() @ items.float().T
+    if bias is not None:
+        s = s + bias.float()
+    banned = torch.isnan(s)
+    if exclude is not None:
+        rows, cols = (exclude >= 0).nonzero(as_tuple=True)
+        banned[rows, exclude[rows, cols]] = True
+    s = s.masked_fill(banned, float("-inf"))
+    vals, idx = torch.sort(s, dim=1, descending=True, stable=True)
+    vals, idx = vals[:, :k], idx[:, :k]
+    gone = banned.gather(1, idx)
+    return vals.masked_fill(gone, float("-inf")), idx.masked_fill(gone, -1)

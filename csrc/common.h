@@ -1,0 +1,134 @@
+// Shared helpers for the torch-free CPU kernels: dtype codes, 16-bit float conversion,
+// a vectorisable exp, and the hot-loop attribute. Nothing here knows about torch.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace crs {
+
+// Dtype codes shared with crs_fast/ops/_lib.py.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
+
+struct bf16 { uint16_t bits; };
+struct f16 { uint16_t bits; };
+
+inline float to_float(float v) { return v; }
+inline double to_float(double v) { return v; }
+
+inline float to_float(bf16 v) {
+  return std::bit_cast<float>(static_cast<uint32_t>(v.bits) << 16);
+}
+
+inline float to_float(f16 v) {
+  // IEEE binary16 -> binary32, subnormals and specials included.
+  const uint32_t h = v.bits;
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1fu) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: renormalise
+    exp = 113;
+    while ((man & 0x400u) == 0) { man <<= 1; --exp; }
+    bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+template <typename T> inline T from_float(double v);
+template <> inline float from_float<float>(double v) { return static_cast<float>(v); }
+template <> inline double from_float<double>(double v) { return v; }
+
+template <> inline bf16 from_float<bf16>(double dv) {
+  const float v = static_cast<float>(dv);
+  uint32_t u = std::bit_cast<uint32_t>(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return bf16{static_cast<uint16_t>(u >> 16)};
+}
+
+template <> inline f16 from_float<f16>(double dv) {
+  const float v = static_cast<float>(dv);
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t au = u & 0x7fffffffu;
+  if (au > 0x7f800000u) return f16{static_cast<uint16_t>(sign | 0x7e00u)};  // NaN
+  if (au >= 0x477ff000u) return f16{static_cast<uint16_t>(sign | 0x7c00u)};  // overflow -> inf
+  if (au < 0x38800000u) {  // subnormal or zero in half: round via float arithmetic
+    const float a = std::bit_cast<float>(au);
+    const float scaled = a * 16777216.0f;  // 2^24: half subnormal unit
+    const uint32_t m = static_cast<uint32_t>(std::nearbyint(scaled));
+    return f16{static_cast<uint16_t>(sign | m)};
+  }
+  uint32_t r = au + 0xfffu + ((au >> 13) & 1u);  // round to nearest even at bit 13
+  r -= 112u << 23;
+  return f16{static_cast<uint16_t>(sign | (r >> 13))};
+}
+
+// Accumulation type: double for double inputs, float otherwise.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// exp that GCC vectorises (Cephes-style range reduction and polynomial, ~2 ulp);
+// exact 0 below the float range, so -inf logits give 0.
+inline float fast_exp(float x) {
+  const float xc = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  const float fn = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = xc - fn * 0.693359375f + fn * 2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const int32_t e = static_cast<int32_t>(fn) + 127;
+  const float scale = std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+inline int threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+}  // namespace crs
+
+// Hot loops get an AVX2+FMA and an AVX-512 clone picked at load time, so one build
+// is fast on modern x86 and still runs on any x86-64 (and other architectures).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define CRS_HOT __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define CRS_HOT
+#endif
+
+// Calls BODY with `scalar_t` bound to the C++ type of a float dtype code.
+#define CRS_DISPATCH_FLOAT(DT, BODY)                                      \
+  switch (DT) {                                                           \
+    case ::crs::DType::F32: { using scalar_t = float; BODY; break; }      \
+    case ::crs::DType::F64: { using scalar_t = double; BODY; break; }     \
+    case ::crs::DType::BF16: { using scalar_t = ::crs::bf16; BODY; break; } \
+    case ::crs::DType::F16: { using scalar_t = ::crs::f16; BODY; break; } \
+    default: throw std::invalid_argument("crs_fast._C: unsupported dtype code"); \
+  }
