@@ -1,0 +1,90 @@
+"""Shared test helpers: input makers and the one table of tolerances (DESIGN.md, "Tolerances").
+
+fp32 against an fp64 oracle: relative error <= 1e-5 for elementwise ops, <= 1e-4 for reductions
+(over V, or over the batch). bf16/fp16: the kernel's error against the fp64 oracle at most twice
+the error of the same PyTorch reference run in that low precision (plus a floor of one unit of
+that precision's rounding of the result, for outputs the reference happens to get exact).
+"""
+
+import math
+
+import torch
+
+LOW = (torch.bfloat16, torch.float16)
+ALL = (torch.float32, torch.bfloat16, torch.float16)
+RTOL = {"elementwise": 1e-5, "reduction": 1e-4}
+EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+
+
+def rand(*shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0, noncontig: bool = False,
+         gen: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal values; with ``noncontig`` a strided view of a larger buffer."""
+    if noncontig:
+        big = torch.randn(*shape[:-1], shape[-1] * 2, generator=gen) * scale
+        return big[..., ::2].to(dtype)
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+
+def make_mask(B: int, T: int, *, gen: torch.Generator | None = None, empty_row: bool = True) -> torch.Tensor:
+    """A multi-turn style mask: response prefix, interior observation gaps, padding, and (when
+    B > 1 and ``empty_row``) one all-masked row."""
+    m = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        length = int(torch.randint(1, T + 1, (1,), generator=gen))
+        m[b, :length] = True
+        if length > 3:  # an interior gap: a user turn inside the response
+            start = int(torch.randint(1, length - 1, (1,), generator=gen))
+            m[b, start:min(start + 2, length - 1)] = False
+    if empty_row and B > 1:
+        m[int(torch.randint(0, B, (1,), generator=gen))] = False
+    return m
+
+
+def max_err(x: torch.Tensor, oracle: torch.Tensor) -> float:
+    """Largest absolute difference, computed in float64; NaN where they disagree on NaN."""
+    x64, o64 = x.double(), oracle.double()
+    if torch.isnan(x64).ne(torch.isnan(o64)).any():
+        return float("nan")
+    d = (x64 - o64).abs()
+    d = torch.where(torch.isinf(o64) & (x64 == o64), torch.zeros_like(d), d)
+    return float(d.max()) if d.numel() else 0.0
+
+
+def assert_fp32_close(x: torch.Tensor, oracle: torch.Tensor, kind: str = "elementwise", what: str = "") -> None:
+    """fp32 result against the fp64 oracle, relative to the oracle's magnitude."""
+    scale = max(float(oracle.double().abs().max()) if oracle.numel() else 0.0, 1.0)
+    err = max_err(x, oracle)
+    assert err <= RTOL[kind] * scale, f"{what}: fp32 error {err:.3e} > {RTOL[kind]:.0e} x {scale:.3g}"
+
+
+def assert_within_budget(x: torch.Tensor, low_ref: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
+                         what: str = "") -> None:
+    """Kernel error <= 2 x (error of the PyTorch reference run in ``dtype``) + rounding floor."""
+    scale = max(float(oracle.double().abs().max()) if oracle.numel() else 0.0, 1e-3)
+    low_err = max_err(low_ref, oracle)
+    if math.isnan(low_err):  # the low-precision reference breaks down: hold the kernel to a few roundings
+        budget = 16.0 * EPS[dtype] * scale
+    else:
+        budget = 2.0 * low_err + EPS[dtype] * scale
+    err = max_err(x, oracle)
+    assert err <= budget, f"{what}: {dtype} error {err:.3e} > budget {budget:.3e}"
+
+
+def check(x: torch.Tensor, dtype: torch.dtype, oracle: torch.Tensor, low_ref: torch.Tensor | None = None,
+          kind: str = "elementwise", what: str = "") -> None:
+    """Dispatch to the fp32 tolerance or the low-precision budget."""
+    if dtype in (torch.float32, torch.float64):
+        assert_fp32_close(x, oracle, kind, what)
+    else:
+        assert low_ref is not None
+        assert_within_budget(x, low_ref, oracle, dtype, what)
+
+
+def grad_of(fn, *inputs: torch.Tensor, weights=None) -> list[torch.Tensor]:
+    """Gradients of sum(w_i * out_i) for fn's tensor outputs w.r.t. the inputs."""
+    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    outs = fn(*xs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    weights = weights or [None] * len(outs)
+    total = sum((o.double() * (1.0 if w is None else w)).sum() for o, w in zip(outs, weights, strict=True))
+    return list(torch.autograd.grad(total, xs, allow_unused=True))
