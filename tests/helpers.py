@@ -16,8 +16,13 @@ RTOL = {"elementwise": 1e-5, "reduction": 1e-4}
 EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
 
 
-def rand(*shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0, noncontig: bool = False,
-         gen: torch.Generator | None = None) -> torch.Tensor:
+def rand(
+    *shape: int,
+    dtype: torch.dtype = torch.float32,
+    scale: float = 1.0,
+    noncontig: bool = False,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """Standard normal values; with ``noncontig`` a strided view of a larger buffer."""
     if noncontig:
         big = torch.randn(*shape[:-1], shape[-1] * 2, generator=gen) * scale
@@ -34,7 +39,7 @@ def make_mask(B: int, T: int, *, gen: torch.Generator | None = None, empty_row: 
         m[b, :length] = True
         if length > 3:  # an interior gap: a user turn inside the response
             start = int(torch.randint(1, length - 1, (1,), generator=gen))
-            m[b, start:min(start + 2, length - 1)] = False
+            m[b, start : min(start + 2, length - 1)] = False
     if empty_row and B > 1:
         m[int(torch.randint(0, B, (1,), generator=gen))] = False
     return m
@@ -57,8 +62,9 @@ def assert_fp32_close(x: torch.Tensor, oracle: torch.Tensor, kind: str = "elemen
     assert err <= RTOL[kind] * scale, f"{what}: fp32 error {err:.3e} > {RTOL[kind]:.0e} x {scale:.3g}"
 
 
-def assert_within_budget(x: torch.Tensor, low_ref: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
-                         what: str = "") -> None:
+def assert_within_budget(
+    x: torch.Tensor, low_ref: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype, what: str = ""
+) -> None:
     """Kernel error <= 2 x (error of the PyTorch reference run in ``dtype``) + rounding floor."""
     scale = max(float(oracle.double().abs().max()) if oracle.numel() else 0.0, 1e-3)
     low_err = max_err(low_ref, oracle)
@@ -70,8 +76,14 @@ def assert_within_budget(x: torch.Tensor, low_ref: torch.Tensor, oracle: torch.T
     assert err <= budget, f"{what}: {dtype} error {err:.3e} > budget {budget:.3e}"
 
 
-def check(x: torch.Tensor, dtype: torch.dtype, oracle: torch.Tensor, low_ref: torch.Tensor | None = None,
-          kind: str = "elementwise", what: str = "") -> None:
+def check(
+    x: torch.Tensor,
+    dtype: torch.dtype,
+    oracle: torch.Tensor,
+    low_ref: torch.Tensor | None = None,
+    kind: str = "elementwise",
+    what: str = "",
+) -> None:
     """Dispatch to the fp32 tolerance or the low-precision budget."""
     if dtype in (torch.float32, torch.float64):
         assert_fp32_close(x, oracle, kind, what)

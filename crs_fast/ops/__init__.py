@@ -10,7 +10,19 @@ from .token_rewards import AdaptiveKLController, FixedKLController, token_reward
 from .topk import topk_scores
 
 __all__ = [
-    "BACKENDS", "AdaptiveKLController", "BackendUnavailableError", "FixedKLController", "gae",
-    "group_advantages", "kl_penalty", "linear_logprobs", "masked_whiten", "ppo_policy_loss",
-    "ppo_value_loss", "reinforce_returns", "token_logprobs", "token_rewards", "topk_scores",
+    "BACKENDS",
+    "AdaptiveKLController",
+    "BackendUnavailableError",
+    "FixedKLController",
+    "gae",
+    "group_advantages",
+    "kl_penalty",
+    "linear_logprobs",
+    "masked_whiten",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "reinforce_returns",
+    "token_logprobs",
+    "token_rewards",
+    "topk_scores",
 ]

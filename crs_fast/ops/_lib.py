@@ -95,8 +95,7 @@ def check_backend_arg(backend: Any) -> str:
     return "" if backend == "auto" else backend
 
 
-def empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor,
-          dtype: torch.dtype | None = None) -> torch.Tensor:
+def empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A new contiguous tensor on ``like``'s device (for kernel outputs and fakes)."""
     return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device)
 

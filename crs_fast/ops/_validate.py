@@ -14,8 +14,15 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def tensor(name: str, x: object, *, ndim: int | None = None, min_ndim: int | None = None,
-           floating: bool = False, integer: bool = False) -> torch.Tensor:
+def tensor(
+    name: str,
+    x: object,
+    *,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    floating: bool = False,
+    integer: bool = False,
+) -> torch.Tensor:
     """Check that ``x`` is a tensor with the given rank and kind of dtype."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")

@@ -1,7 +1,6 @@
 """Advantage estimation: GAE (verl, TRL and OpenRLHF conventions), masked whitening,
 REINFORCE returns and GRPO/RLOO group advantages. None of these carry gradients."""
 
-
 import torch
 
 from . import _validate as V
@@ -13,13 +12,34 @@ _GROUP_MODES = {"grpo": 0, "rloo": 1}
 
 
 @torch.library.custom_op("crs_fast::gae", mutates_args=())
-def _gae_op(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-            lam: float, mode: str, whiten: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _gae_op(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    mode: str,
+    whiten: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r, v, m = rewards.contiguous(), values.contiguous(), as_mask(mask)
     adv, ret = empty(r.shape, r), empty(r.shape, r)
     B, T = r.shape
-    _C.gae(dtype_code(r), ptr(r), ptr(v), ptr(m), ptr(adv), ptr(ret), B, T, gamma, lam,
-           _GAE_MODES[mode], whiten, nthreads())
+    _C.gae(
+        dtype_code(r),
+        ptr(r),
+        ptr(v),
+        ptr(m),
+        ptr(adv),
+        ptr(ret),
+        B,
+        T,
+        gamma,
+        lam,
+        _GAE_MODES[mode],
+        whiten,
+        nthreads(),
+    )
     return adv, ret
 
 
@@ -28,9 +48,17 @@ def _(rewards, values, mask, gamma, lam, mode, whiten, backend):
     return empty(rewards.shape, rewards), empty(rewards.shape, rewards)
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
-        lam: float = 1.0, mode: str = "verl", whiten: bool = True,
-        backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    mode: str = "verl",
+    whiten: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over [B, T] tokens -> (advantages, returns).
 
     ``delta_t = r_t + gamma*V_{t+1} - V_t``, ``A_t = delta_t + gamma*lam*A_{t+1}``; ``mode``
@@ -57,8 +85,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamm
 
 
 @torch.library.custom_op("crs_fast::masked_whiten", mutates_args=())
-def _whiten_op(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool, unbiased: bool,
-               backend: str) -> torch.Tensor:
+def _whiten_op(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool, unbiased: bool, backend: str
+) -> torch.Tensor:
     x, m = values.contiguous(), as_mask(mask)
     out = empty(x.shape, x)
     _C.masked_whiten(dtype_code(x), ptr(x), ptr(m), ptr(out), x.numel(), shift_mean, unbiased, nthreads())
@@ -70,8 +99,14 @@ def _(values, mask, shift_mean, unbiased, backend):
     return empty(values.shape, values)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
-                  unbiased: bool = True, backend: str | None = None) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    shift_mean: bool = True,
+    unbiased: bool = True,
+    backend: str | None = None,
+) -> torch.Tensor:
     """``(x - mean) * rsqrt(var + 1e-8)`` with mean and variance over ``mask != 0`` (unbiased by
     default, as verl); every element is transformed; with ``shift_mean=False`` the mean is added
     back. An all-zero mask returns the input unchanged."""
@@ -99,8 +134,9 @@ def _(rewards, mask, gamma, backend):
     return empty(rewards.shape, rewards)
 
 
-def reinforce_returns(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
-                      backend: str | None = None) -> torch.Tensor:
+def reinforce_returns(
+    rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0, backend: str | None = None
+) -> torch.Tensor:
     """Discounted returns ``G_t = m_t*r_t + gamma*G_{t+1}`` over [B, T] (OpenRLHF's REINFORCE)."""
     V.tensor("rewards", rewards, ndim=2, floating=True)
     V.mask_tensor("mask", mask)
@@ -115,8 +151,9 @@ def reinforce_returns(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float
 
 
 @torch.library.custom_op("crs_fast::group_advantages", mutates_args=())
-def _group_op(scores: torch.Tensor, group_ids: torch.Tensor, mode: str, eps: float,
-              norm_by_std: bool, backend: str) -> torch.Tensor:
+def _group_op(
+    scores: torch.Tensor, group_ids: torch.Tensor, mode: str, eps: float, norm_by_std: bool, backend: str
+) -> torch.Tensor:
     s, g = scores.contiguous(), group_ids.to(torch.int64).contiguous()
     out = empty(s.shape, s)
     _C.group_advantages(dtype_code(s), ptr(s), ptr(g), ptr(out), s.numel(), _GROUP_MODES[mode], eps, norm_by_std)
@@ -128,9 +165,16 @@ def _(scores, group_ids, mode, eps, norm_by_std, backend):
     return empty(scores.shape, scores)
 
 
-def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, *, mode: str = "grpo",
-                     eps: float = 1e-6, norm_by_std: bool = True, mask: torch.Tensor | None = None,
-                     backend: str | None = None) -> torch.Tensor:
+def group_advantages(
+    scores: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    mode: str = "grpo",
+    eps: float = 1e-6,
+    norm_by_std: bool = True,
+    mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Outcome advantages of sequence ``scores`` [B] within groups of equal ``group_ids`` [B].
 
     "grpo": ``(s - mean_g) / (std_g + eps)`` (unbiased std; without ``norm_by_std`` only the mean

@@ -15,8 +15,7 @@ def _codes(kind: str, clamp: float | None) -> tuple[int, bool, float]:
 
 
 @torch.library.custom_op("crs_fast::kl_penalty", mutates_args=())
-def _kl_op(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float | None,
-           backend: str) -> torch.Tensor:
+def _kl_op(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float | None, backend: str) -> torch.Tensor:
     a, b = logp.contiguous(), ref_logp.contiguous()
     out = empty(a.shape, a)
     k, straight, c = _codes(kind, clamp)
@@ -30,8 +29,9 @@ def _(logp, ref_logp, kind, clamp, backend):
 
 
 @torch.library.custom_op("crs_fast::kl_penalty_backward", mutates_args=())
-def _kl_bwd_op(grad: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, kind: str,
-               clamp: float | None, backend: str) -> torch.Tensor:
+def _kl_bwd_op(
+    grad: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float | None, backend: str
+) -> torch.Tensor:
     g, a, b = grad.contiguous(), logp.contiguous(), ref_logp.contiguous()
     out = empty(a.shape, a)
     k, straight, c = _codes(kind, clamp)
@@ -59,8 +59,14 @@ def _kl_backward(ctx, grad):
 _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, *, kind: str = "k1",
-               clamp: float | None = None, backend: str | None = None) -> torch.Tensor:
+def kl_penalty(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    kind: str = "k1",
+    clamp: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Per-token KL estimate of ``d = logp - ref_logp``, differentiable in both inputs.
 
     ``k1 = d``, ``abs = |d|``, ``k2 = d^2/2``, ``k3 = exp(-d) + d - 1`` (verl's form: its

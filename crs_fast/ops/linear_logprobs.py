@@ -21,8 +21,15 @@ def _blocks(vocab: int, chunk: int):
 
 
 @torch.library.custom_op("crs_fast::linear_logprobs", mutates_args=())
-def _llp_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float,
-            ignore_index: int, chunk_size: int, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _llp_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    ignore_index: int,
+    chunk_size: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(hidden)
     h = hidden.to(acc).contiguous()
     y = labels.to(torch.int64).contiguous()
@@ -34,11 +41,12 @@ def _llp_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, te
     dt, inv_tau, nt = dtype_code(h), 1.0 / temperature, nthreads()
     for v0, c in _blocks(vocab, chunk_size):
         z = buf[: n * c].view(n, c)
-        torch.mm(h, weight[v0:v0 + c].to(acc).T, out=z)
+        torch.mm(h, weight[v0 : v0 + c].to(acc).T, out=z)
         _C.logprobs_block_update(dt, ptr(z), c, ptr(y), ptr(m), ptr(s), ptr(w), ptr(zy), n, c, v0, inv_tau, nt)
     lp, ent, lse = (empty((n,), h, acc) for _ in range(3))
-    _C.logprobs_block_finish(dt, ptr(y), ptr(m), ptr(s), ptr(w), ptr(zy), ptr(lp), ptr(ent), ptr(lse), n,
-                             vocab, ignore_index, nt)
+    _C.logprobs_block_finish(
+        dt, ptr(y), ptr(m), ptr(s), ptr(w), ptr(zy), ptr(lp), ptr(ent), ptr(lse), n, vocab, ignore_index, nt
+    )
     return lp, ent, lse
 
 
@@ -49,10 +57,19 @@ def _(hidden, weight, labels, temperature, ignore_index, chunk_size, backend):
 
 
 @torch.library.custom_op("crs_fast::linear_logprobs_backward", mutates_args=())
-def _llp_bwd_op(grad_lp: torch.Tensor | None, grad_ent: torch.Tensor | None, hidden: torch.Tensor,
-                weight: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ent: torch.Tensor,
-                temperature: float, ignore_index: int, chunk_size: int,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _llp_bwd_op(
+    grad_lp: torch.Tensor | None,
+    grad_ent: torch.Tensor | None,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ent: torch.Tensor,
+    temperature: float,
+    ignore_index: int,
+    chunk_size: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     acc = acc_dtype(hidden)
     h = hidden.to(acc).contiguous()
     y = labels.to(torch.int64).contiguous()
@@ -65,16 +82,17 @@ def _llp_bwd_op(grad_lp: torch.Tensor | None, grad_ent: torch.Tensor | None, hid
     buf = torch.empty(n * min(chunk_size, vocab), dtype=acc)
     dt, inv_tau, nt = dtype_code(h), 1.0 / temperature, nthreads()
     for v0, c in _blocks(vocab, chunk_size):
-        wb = weight[v0:v0 + c].to(acc)
+        wb = weight[v0 : v0 + c].to(acc)
         z = buf[: n * c].view(n, c)
         torch.mm(h, wb.T, out=z)
-        _C.logprobs_block_grad(dt, ptr(z), c, ptr(y), ptr(glp), ptr(gent), ptr(lse), ptr(ent), n, c, v0,
-                               inv_tau, ignore_index, nt)
+        _C.logprobs_block_grad(
+            dt, ptr(z), c, ptr(y), ptr(glp), ptr(gent), ptr(lse), ptr(ent), n, c, v0, inv_tau, ignore_index, nt
+        )
         dh.addmm_(z, wb)
         if dw.dtype == acc:
-            torch.mm(z.T, h, out=dw[v0:v0 + c])
+            torch.mm(z.T, h, out=dw[v0 : v0 + c])
         else:
-            dw[v0:v0 + c] = z.T @ h
+            dw[v0 : v0 + c] = z.T @ h
     return dh.to(hidden.dtype), dw
 
 
@@ -99,10 +117,17 @@ def _llp_backward(ctx, grad_lp, grad_ent, unused):
 _llp_op.register_autograd(_llp_backward, setup_context=_llp_setup)
 
 
-def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                    temperature: float = 1.0, entropy: bool = False, ignore_index: int = -100,
-                    chunk_size: int | None = None,
-                    backend: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_logprobs` of the logits ``hidden @ weight.T`` without materialising them.
 
     ``hidden`` [..., H], ``weight`` [V, H] (the LM head), ``labels`` [...]. The vocabulary is
@@ -116,8 +141,9 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     V.same_device("hidden", hidden, weight=weight, labels=labels)
     V.same_dtype("hidden", hidden, weight=weight)
     if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"`weight` must have shape [V, {hidden.shape[-1]}] (hidden size last), "
-                         f"got {list(weight.shape)}")
+        raise ValueError(
+            f"`weight` must have shape [V, {hidden.shape[-1]}] (hidden size last), got {list(weight.shape)}"
+        )
     if labels.shape != hidden.shape[:-1]:
         raise ValueError(f"`labels` must have shape {list(hidden.shape[:-1])}, got {list(labels.shape)}")
     V.non_empty("hidden", hidden)
@@ -128,8 +154,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     be = resolve_backend(check_backend_arg(backend), hidden.device)
     if be == "torch":
         check_labels(labels, weight.shape[0], ignore_index)
-        lp, ent = reference.linear_logprobs(hidden, weight, labels, temperature=temperature,
-                                            ignore_index=ignore_index)
+        lp, ent = reference.linear_logprobs(hidden, weight, labels, temperature=temperature, ignore_index=ignore_index)
     else:
         flat_h = hidden.reshape(-1, hidden.shape[-1])
         chunk = chunk_size or default_chunk(flat_h.shape[0])

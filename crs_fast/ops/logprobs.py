@@ -12,21 +12,35 @@ def check_labels(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
     if bool(bad.any()):
         first = labels[bad][0].item()
-        raise ValueError(f"`labels` must lie in [0, {vocab}) or equal ignore_index={ignore_index}; "
-                         f"found {first} ({int(bad.sum())} out of range)")
+        raise ValueError(
+            f"`labels` must lie in [0, {vocab}) or equal ignore_index={ignore_index}; "
+            f"found {first} ({int(bad.sum())} out of range)"
+        )
 
 
 @torch.library.custom_op("crs_fast::token_logprobs", mutates_args=())
-def _lp_op(logits: torch.Tensor, labels: torch.Tensor, temperature: float, ignore_index: int,
-           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lp_op(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, ignore_index: int, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     vocab = logits.shape[-1]
     z = logits.reshape(-1, vocab).contiguous()
     y = labels.reshape(-1).to(torch.int64).contiguous()
     check_labels(y, vocab, ignore_index)
     acc = acc_dtype(logits)
     lp, ent, lse = (empty(labels.shape, logits, acc) for _ in range(3))
-    _C.logprobs_forward(dtype_code(z), ptr(z), ptr(y), ptr(lp), ptr(ent), ptr(lse), z.shape[0], vocab,
-                        1.0 / temperature, ignore_index, nthreads())
+    _C.logprobs_forward(
+        dtype_code(z),
+        ptr(z),
+        ptr(y),
+        ptr(lp),
+        ptr(ent),
+        ptr(lse),
+        z.shape[0],
+        vocab,
+        1.0 / temperature,
+        ignore_index,
+        nthreads(),
+    )
     return lp, ent, lse
 
 
@@ -37,9 +51,17 @@ def _(logits, labels, temperature, ignore_index, backend):
 
 
 @torch.library.custom_op("crs_fast::token_logprobs_backward", mutates_args=())
-def _lp_bwd_op(grad_lp: torch.Tensor | None, grad_ent: torch.Tensor | None, logits: torch.Tensor,
-               labels: torch.Tensor, lse: torch.Tensor, ent: torch.Tensor, temperature: float,
-               ignore_index: int, backend: str) -> torch.Tensor:
+def _lp_bwd_op(
+    grad_lp: torch.Tensor | None,
+    grad_ent: torch.Tensor | None,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ent: torch.Tensor,
+    temperature: float,
+    ignore_index: int,
+    backend: str,
+) -> torch.Tensor:
     vocab = logits.shape[-1]
     z = logits.reshape(-1, vocab).contiguous()
     y = labels.reshape(-1).to(torch.int64).contiguous()
@@ -47,9 +69,21 @@ def _lp_bwd_op(grad_lp: torch.Tensor | None, grad_ent: torch.Tensor | None, logi
     glp = torch.zeros_like(lse) if grad_lp is None else grad_lp.to(acc).contiguous()
     gent = None if grad_ent is None else grad_ent.to(acc).contiguous()
     out = empty(logits.shape, logits)
-    _C.logprobs_backward(dtype_code(z), ptr(z), ptr(y), ptr(glp), ptr(gent), ptr(lse.contiguous()),
-                         ptr(ent.contiguous()), ptr(out), z.shape[0], vocab, 1.0 / temperature,
-                         ignore_index, nthreads())
+    _C.logprobs_backward(
+        dtype_code(z),
+        ptr(z),
+        ptr(y),
+        ptr(glp),
+        ptr(gent),
+        ptr(lse.contiguous()),
+        ptr(ent.contiguous()),
+        ptr(out),
+        z.shape[0],
+        vocab,
+        1.0 / temperature,
+        ignore_index,
+        nthreads(),
+    )
     return out
 
 
@@ -74,9 +108,15 @@ def _lp_backward(ctx, grad_lp, grad_ent, unused):
 _lp_op.register_autograd(_lp_backward, setup_context=_lp_setup)
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
-                   entropy: bool = False, ignore_index: int = -100,
-                   backend: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    ignore_index: int = -100,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each label under ``softmax(logits / temperature)`` and, with ``entropy=True``,
     the entropy ``H = logsumexp(z) - sum softmax(z) * z`` of ``z = logits / temperature``.
 
@@ -88,8 +128,10 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, temperature: f
     V.tensor("logits", logits, min_ndim=1, floating=True)
     V.tensor("labels", labels, integer=True)
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"`labels` must have shape {list(logits.shape[:-1])} (logits without the vocabulary "
-                         f"dimension), got {list(labels.shape)}")
+        raise ValueError(
+            f"`labels` must have shape {list(logits.shape[:-1])} (logits without the vocabulary "
+            f"dimension), got {list(labels.shape)}"
+        )
     V.same_device("logits", logits, labels=labels)
     V.non_empty("logits", logits)
     temperature = V.number("temperature", temperature, min_value=0.0, strict=True)

@@ -20,13 +20,33 @@ def _dual(dual_clip: float | None) -> float:
 
 
 @torch.library.custom_op("crs_fast::ppo_policy_loss", mutates_args=())
-def _policy_op(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-               mask: torch.Tensor, clip_low: float, clip_high: float, dual_clip: float | None,
-               agg: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _policy_op(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    agg: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
     B, T = lp.shape
-    loss, cf, cfl, kl = _C.policy_loss_forward(dtype_code(lp), ptr(lp), ptr(old), ptr(adv), ptr(m), B, T,
-                                               clip_low, clip_high, _dual(dual_clip), _AGG[agg], nthreads())
+    loss, cf, cfl, kl = _C.policy_loss_forward(
+        dtype_code(lp),
+        ptr(lp),
+        ptr(old),
+        ptr(adv),
+        ptr(m),
+        B,
+        T,
+        clip_low,
+        clip_high,
+        _dual(dual_clip),
+        _AGG[agg],
+        nthreads(),
+    )
     return _scalar(loss, lp), _scalar(cf, lp), _scalar(cfl, lp), _scalar(kl, lp)
 
 
@@ -36,14 +56,37 @@ def _(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, bac
 
 
 @torch.library.custom_op("crs_fast::ppo_policy_loss_backward", mutates_args=())
-def _policy_bwd_op(grad: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor,
-                   advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float,
-                   dual_clip: float | None, agg: str, backend: str) -> torch.Tensor:
+def _policy_bwd_op(
+    grad: torch.Tensor,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    agg: str,
+    backend: str,
+) -> torch.Tensor:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
     out = empty(lp.shape, lp)
     B, T = lp.shape
-    _C.policy_loss_backward(dtype_code(lp), float(grad), ptr(lp), ptr(old), ptr(adv), ptr(m), ptr(out), B, T,
-                            clip_low, clip_high, _dual(dual_clip), _AGG[agg], nthreads())
+    _C.policy_loss_backward(
+        dtype_code(lp),
+        float(grad),
+        ptr(lp),
+        ptr(old),
+        ptr(adv),
+        ptr(m),
+        ptr(out),
+        B,
+        T,
+        clip_low,
+        clip_high,
+        _dual(dual_clip),
+        _AGG[agg],
+        nthreads(),
+    )
     return out
 
 
@@ -66,10 +109,18 @@ def _policy_backward(ctx, grad, *unused):
 _policy_op.register_autograd(_policy_backward, setup_context=_policy_setup)
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.2,
-                    dual_clip: float | None = None, agg: str = "token-mean",
-                    backend: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    backend: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO policy loss over [B, T] tokens -> (loss, stats); differentiable in ``logp``.
 
     ``ratio = exp(clamp(logp - old_logp, -20, 20))``, ``l1 = -A*ratio``,
@@ -96,8 +147,9 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     V.choice("agg", agg, AGG_MODES)
     be = resolve_backend(check_backend_arg(backend), logp.device)
     if be == "torch":
-        return reference.ppo_policy_loss(logp, old_logp, advantages, mask, clip_low=clip_low,
-                                         clip_high=clip_high, dual_clip=dual_clip, agg=agg)
+        return reference.ppo_policy_loss(
+            logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, agg=agg
+        )
     loss, cf, cfl, kl = _policy_op(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, be)
     return loss, {"clipfrac": cf, "clipfrac_lower": cfl, "approx_kl": kl}
 
@@ -107,12 +159,20 @@ def _clip(clip: float | None) -> float:
 
 
 @torch.library.custom_op("crs_fast::ppo_value_loss", mutates_args=())
-def _value_op(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-              clip: float | None, agg: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_op(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+    agg: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     B, T = v.shape
-    loss, cf = _C.value_loss_forward(dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, _clip(clip),
-                                     _AGG[agg], nthreads())
+    loss, cf = _C.value_loss_forward(
+        dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, _clip(clip), _AGG[agg], nthreads()
+    )
     return _scalar(loss, v), _scalar(cf, v)
 
 
@@ -122,13 +182,33 @@ def _(values, old_values, returns, mask, clip, agg, backend):
 
 
 @torch.library.custom_op("crs_fast::ppo_value_loss_backward", mutates_args=())
-def _value_bwd_op(grad: torch.Tensor, values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                  mask: torch.Tensor, clip: float | None, agg: str, backend: str) -> torch.Tensor:
+def _value_bwd_op(
+    grad: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+    agg: str,
+    backend: str,
+) -> torch.Tensor:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     out = empty(v.shape, v)
     B, T = v.shape
-    _C.value_loss_backward(dtype_code(v), float(grad), ptr(v), ptr(old), ptr(ret), ptr(m), ptr(out), B, T,
-                           _clip(clip), _AGG[agg], nthreads())
+    _C.value_loss_backward(
+        dtype_code(v),
+        float(grad),
+        ptr(v),
+        ptr(old),
+        ptr(ret),
+        ptr(m),
+        ptr(out),
+        B,
+        T,
+        _clip(clip),
+        _AGG[agg],
+        nthreads(),
+    )
     return out
 
 
@@ -151,9 +231,16 @@ def _value_backward(ctx, grad, unused):
 _value_op.register_autograd(_value_backward, setup_context=_value_setup)
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, *, clip: float | None = 0.2, agg: str = "token-mean",
-                   backend: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float | None = 0.2,
+    agg: str = "token-mean",
+    backend: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss ``0.5 * agg(max((v - R)^2, (v_c - R)^2))`` with
     ``v_c = clamp(v, v_old - clip, v_old + clip)`` (``clip=None``: unclipped) -> (loss, stats);
     differentiable in ``values``. ``stats["clipfrac"]``: fraction of masked tokens where the

@@ -36,9 +36,17 @@ def _whiten(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool
     return (x - mean) * rstd
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float,
-        mode: str = "verl", whiten: bool = True, compute: torch.dtype | None = None
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    gamma: float,
+    lam: float,
+    mode: str = "verl",
+    whiten: bool = True,
+    compute: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE by its definition, a Python loop over t: (advantages, returns) in the input dtype."""
     dt = _cdt(rewards, compute)
     r, v, m = rewards.to(dt), values.to(dt), mask.ne(0).to(dt)
@@ -69,8 +77,14 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamm
     return adv.to(rewards.dtype), ret.to(rewards.dtype)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
-                  unbiased: bool = True, compute: torch.dtype | None = None) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    shift_mean: bool = True,
+    unbiased: bool = True,
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
     """(x - mean) * rsqrt(var + 1e-8) with mean and var over the mask; the mean re-added if not shift_mean."""
     dt = _cdt(values, compute)
     x, m = values.to(dt), mask.ne(0).to(dt)
@@ -80,8 +94,9 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool 
     return out.to(values.dtype)
 
 
-def reinforce_returns(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float,
-                      compute: torch.dtype | None = None) -> torch.Tensor:
+def reinforce_returns(
+    rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float, compute: torch.dtype | None = None
+) -> torch.Tensor:
     """G_t = m_t * r_t + gamma * G_{t+1}, G_T = 0."""
     dt = _cdt(rewards, compute)
     r = rewards.to(dt) * mask.ne(0).to(dt)
@@ -93,9 +108,15 @@ def reinforce_returns(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float
     return out.to(rewards.dtype)
 
 
-def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, *, mode: str = "grpo",
-                     eps: float = 1e-6, norm_by_std: bool = True,
-                     compute: torch.dtype | None = None) -> torch.Tensor:
+def group_advantages(
+    scores: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    mode: str = "grpo",
+    eps: float = 1e-6,
+    norm_by_std: bool = True,
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
     """GRPO: (s - mean_g) / (std_g + eps) (unbiased std; a singleton has mean 0, std 1);
     RLOO: s - mean of the others in the group = (s - mean_g) * n / (n - 1); a singleton keeps s."""
     dt = _cdt(scores, compute)
@@ -114,8 +135,14 @@ def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, *, mode: str
     return out.to(scores.dtype)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, *, kind: str = "k1",
-               clamp: float | None = None, compute: torch.dtype | None = None) -> torch.Tensor:
+def kl_penalty(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    kind: str = "k1",
+    clamp: float | None = None,
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
     """Per-token KL estimate of d = logp - ref_logp; "+" kinds: value of the kind, gradient of k2."""
     dt = _cdt(logp, compute)
     d = logp.to(dt) - ref_logp.to(dt)
@@ -137,9 +164,15 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, *, kind: str = "k1",
     return val.to(logp.dtype)
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, beta: float,
-                  clip: tuple[float, float] | None = None, compute: torch.dtype | None = None
-                  ) -> torch.Tensor:
+def token_rewards(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    clip: tuple[float, float] | None = None,
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
     """r_t = -beta * kl_t * m_t, plus the (clipped) score at the last token with m = 1."""
     dt = _cdt(kl, compute)
     m = mask.ne(0)
@@ -176,10 +209,18 @@ def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / n if n > 0 else x.new_zeros(())
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.2,
-                    dual_clip: float | None = None, agg: str = "token-mean",
-                    compute: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    compute: torch.dtype | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO policy loss (optionally dual-clipped) and its statistics."""
     dt = _cdt(logp, compute)
     lp, old, a = logp.to(dt), old_logp.to(dt), advantages.to(dt)
@@ -206,9 +247,16 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return loss, stats
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, *, clip: float | None = 0.2, agg: str = "token-mean",
-                   compute: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float | None = 0.2,
+    agg: str = "token-mean",
+    compute: torch.dtype | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """0.5 * agg(max((v - R)^2, (clamp(v, v_old - eps, v_old + eps) - R)^2)) and the clip fraction."""
     dt = _cdt(values, compute)
     v, old, R = values.to(dt), old_values.to(dt), returns.to(dt)
@@ -224,9 +272,14 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return loss, {"clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out)}
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
-                   ignore_index: int = -100, compute: torch.dtype | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    compute: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log softmax(z/tau)[y], entropy of softmax(z/tau)); ignored labels give 0 and 0.
     Float32 results (float64 for float64 logits)."""
     dt = _cdt(logits, compute)
@@ -241,20 +294,31 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, temperature: f
     return torch.where(keep, lp, zero).to(out), torch.where(keep, ent, zero).to(out)
 
 
-def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                    temperature: float = 1.0, ignore_index: int = -100,
-                    compute: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    compute: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """token_logprobs of the logits hidden @ weight.T, materialised (the unfused path)."""
     dt = _cdt(hidden, compute)
     logits = hidden.to(dt) @ weight.to(dt).T
-    lp, ent = token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index,
-                             compute=dt)
+    lp, ent = token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index, compute=dt)
     out = _loss_dtype(hidden)
     return lp.to(out), ent.to(out)
 
 
-def topk_scores(queries: torch.Tensor, items: torch.Tensor, *, k: int, bias: torch.Tensor | None = None,
-                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_scores(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    *,
+    k: int,
+    bias: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of q @ E^T + bias per row, excluded items removed, ties by the lower index.
     Float32 scores; slots beyond the items left hold -inf and index -1."""
     s = queries.float() @ items.float().T

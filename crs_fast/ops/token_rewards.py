@@ -8,12 +8,20 @@ from ._lib import _C, as_mask, check_backend_arg, dtype_code, empty, nthreads, p
 
 
 @torch.library.custom_op("crs_fast::token_rewards", mutates_args=())
-def _rewards_op(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float,
-                clip_lo: float, clip_hi: float, backend: str) -> torch.Tensor:
+def _rewards_op(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    clip_lo: float,
+    clip_hi: float,
+    backend: str,
+) -> torch.Tensor:
     s, k, m = scores.to(kl.dtype).contiguous(), kl.contiguous(), as_mask(mask)
     out = empty(k.shape, k)
-    _C.token_rewards(dtype_code(k), ptr(s), ptr(k), ptr(m), ptr(out), k.shape[0], k.shape[1], beta,
-                     clip_lo, clip_hi, nthreads())
+    _C.token_rewards(
+        dtype_code(k), ptr(s), ptr(k), ptr(m), ptr(out), k.shape[0], k.shape[1], beta, clip_lo, clip_hi, nthreads()
+    )
     return out
 
 
@@ -22,9 +30,15 @@ def _(scores, kl, mask, beta, clip_lo, clip_hi, backend):
     return empty(kl.shape, kl)
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, beta: float,
-                  clip: float | tuple[float, float] | None = None,
-                  backend: str | None = None) -> torch.Tensor:
+def token_rewards(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    clip: float | tuple[float, float] | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """``r_t = -beta * kl_t * m_t`` over [B, T], plus the sequence score ``scores`` [B] (clipped
     to ``[-clip, clip]`` or ``[lo, hi]``) at each row's last token with ``m = 1``. Rows with no
     such token get no score. The output has ``kl``'s dtype."""

@@ -14,8 +14,15 @@ def default_chunk(n_queries: int) -> int:
 
 
 @torch.library.custom_op("crs_fast::topk_scores", mutates_args=())
-def _topk_op(queries: torch.Tensor, items: torch.Tensor, k: int, bias: torch.Tensor | None,
-             exclude: torch.Tensor | None, chunk_size: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk_op(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None,
+    exclude: torch.Tensor | None,
+    chunk_size: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     q = queries.float().contiguous()
     n_items, B = items.shape[0], q.shape[0]
     vals = torch.full((B, k), float("-inf"), dtype=torch.float32)
@@ -26,15 +33,16 @@ def _topk_op(queries: torch.Tensor, items: torch.Tensor, k: int, bias: torch.Ten
         ex = exclude.to(torch.int64)
         bad = (ex < -1) | (ex >= n_items)
         if bool(bad.any()):
-            raise ValueError(f"`exclude` entries must be item indices in [0, {n_items}) or -1 (padding); "
-                             f"found {ex[bad][0].item()}")
+            raise ValueError(
+                f"`exclude` entries must be item indices in [0, {n_items}) or -1 (padding); found {ex[bad][0].item()}"
+            )
         ex, m = torch.sort(ex, dim=1).values.contiguous(), ex.shape[1]
     buf = torch.empty(B * min(chunk_size, n_items), dtype=torch.float32)
     nt = nthreads()
     for v0 in range(0, n_items, chunk_size):
         c = min(chunk_size, n_items - v0)
         s = buf[: B * c].view(B, c)
-        torch.mm(q, items[v0:v0 + c].float().T, out=s)
+        torch.mm(q, items[v0 : v0 + c].float().T, out=s)
         _C.topk_block_merge(ptr(s), c, ptr(b), ptr(ex), m, ptr(vals), ptr(idx), B, c, v0, k, nt)
     return vals, idx
 
@@ -45,9 +53,16 @@ def _(queries, items, k, bias, exclude, chunk_size, backend):
     return empty((B, k), queries, torch.float32), empty((B, k), queries, torch.int64)
 
 
-def topk_scores(queries: torch.Tensor, items: torch.Tensor, *, k: int, bias: torch.Tensor | None = None,
-                exclude: torch.Tensor | None = None, chunk_size: int | None = None,
-                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_scores(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    *,
+    k: int,
+    bias: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best items per query by ``q @ E^T + bias`` -> (values [B, k] float32, indices
     [B, k] int64), sorted by score descending, ties broken by the lower index.
 

@@ -30,8 +30,20 @@ def _inputs(gen):
     labels = torch.randint(0, V, (B * T,), generator=gen)
     values = rand(B, T, gen=gen).requires_grad_(True)
     logits = rand(B, T, V, gen=gen).requires_grad_(True)
-    return (hidden, head, labels, rand(B, T, gen=gen) - 3, rand(B, T, gen=gen) - 3, values, rand(B, T, gen=gen),
-            rand(B, gen=gen), make_mask(B, T, gen=gen), logits, rand(3, H, gen=gen), rand(40, H, gen=gen))
+    return (
+        hidden,
+        head,
+        labels,
+        rand(B, T, gen=gen) - 3,
+        rand(B, T, gen=gen) - 3,
+        values,
+        rand(B, T, gen=gen),
+        rand(B, gen=gen),
+        make_mask(B, T, gen=gen),
+        logits,
+        rand(3, H, gen=gen),
+        rand(40, H, gen=gen),
+    )
 
 
 def test_all_ops_compile_fullgraph(gen):

@@ -51,8 +51,9 @@ def test_gae_verl_skips_observation_tokens(gen):
     m[0, 3:6] = False
     adv, _ = cf.gae(r, v, m, gamma=0.95, lam=0.9, whiten=False)
     keep = m[0]
-    cut_adv, _ = cf.gae(r[:, keep], v[:, keep], torch.ones(1, int(keep.sum()), dtype=torch.bool), gamma=0.95,
-                        lam=0.9, whiten=False)
+    cut_adv, _ = cf.gae(
+        r[:, keep], v[:, keep], torch.ones(1, int(keep.sum()), dtype=torch.bool), gamma=0.95, lam=0.9, whiten=False
+    )
     torch.testing.assert_close(adv[:, keep], cut_adv)
 
 
@@ -65,8 +66,15 @@ def test_gae_all_masked_gives_finite(gen):
 
 
 @settings(max_examples=40, deadline=None)
-@given(B=st.integers(1, 6), T=st.integers(1, 40), gamma=st.floats(0, 1), lam=st.floats(0, 1),
-       mode=st.sampled_from(MODES), whiten=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    B=st.integers(1, 6),
+    T=st.integers(1, 40),
+    gamma=st.floats(0, 1),
+    lam=st.floats(0, 1),
+    mode=st.sampled_from(MODES),
+    whiten=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_gae_fuzz(B, T, gamma, lam, mode, whiten, seed):
     g = torch.Generator().manual_seed(seed)
     r, v = rand(B, T, gen=g, scale=3.0), rand(B, T, gen=g, scale=3.0)
@@ -109,8 +117,7 @@ def test_group_advantages(mode, dtype, norm_by_std, gen):
     g[0] = 100  # a singleton group
     out = cf.group_advantages(s, g, mode=mode, norm_by_std=norm_by_std)
     oracle = R.group_advantages(s.double(), g, mode=mode, norm_by_std=norm_by_std)
-    check(out, dtype, oracle, R.group_advantages(s, g, mode=mode, norm_by_std=norm_by_std, compute=dtype),
-          "reduction")
+    check(out, dtype, oracle, R.group_advantages(s, g, mode=mode, norm_by_std=norm_by_std, compute=dtype), "reduction")
     m = make_mask(37, 11, gen=gen)
     tok = cf.group_advantages(s, g, mode=mode, norm_by_std=norm_by_std, mask=m)
     assert tok.shape == (37, 11)

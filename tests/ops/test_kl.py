@@ -60,8 +60,13 @@ def test_kl_gradcheck(kind, gen):
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 64), kind=st.sampled_from(KL_KINDS), scale=st.floats(0.01, 40.0),
-       clamp=st.one_of(st.none(), st.floats(0.1, 20.0)), seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(1, 64),
+    kind=st.sampled_from(KL_KINDS),
+    scale=st.floats(0.01, 40.0),
+    clamp=st.one_of(st.none(), st.floats(0.1, 20.0)),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_kl_fuzz(n, kind, scale, clamp, seed):
     g = torch.Generator().manual_seed(seed)
     lp, ref = rand(n, gen=g, scale=scale), rand(n, gen=g, scale=scale)

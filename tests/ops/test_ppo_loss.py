@@ -112,10 +112,16 @@ def test_value_gradcheck(agg, gen):
 
 
 @settings(max_examples=50, deadline=None)
-@given(B=st.integers(1, 5), T=st.integers(1, 50), agg=st.sampled_from(AGG_MODES),
-       clip_low=st.floats(0.0, 0.9), clip_high=st.floats(0.0, 5.0),
-       dual=st.one_of(st.none(), st.floats(1.01, 10.0)), scale=st.floats(0.01, 30.0),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    B=st.integers(1, 5),
+    T=st.integers(1, 50),
+    agg=st.sampled_from(AGG_MODES),
+    clip_low=st.floats(0.0, 0.9),
+    clip_high=st.floats(0.0, 5.0),
+    dual=st.one_of(st.none(), st.floats(1.01, 10.0)),
+    scale=st.floats(0.01, 30.0),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_policy_fuzz(B, T, agg, clip_low, clip_high, dual, scale, seed):
     g = torch.Generator().manual_seed(seed)
     lp, old, adv = rand(B, T, gen=g, scale=scale), rand(B, T, gen=g, scale=scale), rand(B, T, gen=g)
@@ -129,8 +135,13 @@ def test_policy_fuzz(B, T, agg, clip_low, clip_high, dual, scale, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(B=st.integers(1, 5), T=st.integers(1, 50), agg=st.sampled_from(AGG_MODES),
-       clip=st.one_of(st.none(), st.floats(0.0, 2.0)), seed=st.integers(0, 2**31 - 1))
+@given(
+    B=st.integers(1, 5),
+    T=st.integers(1, 50),
+    agg=st.sampled_from(AGG_MODES),
+    clip=st.one_of(st.none(), st.floats(0.0, 2.0)),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_value_fuzz(B, T, agg, clip, seed):
     g = torch.Generator().manual_seed(seed)
     v, old, ret = rand(B, T, gen=g), rand(B, T, gen=g), rand(B, T, gen=g)

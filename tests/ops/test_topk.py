@@ -18,8 +18,9 @@ def _check(vals, idx, q, items, bias, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("B,N,d,k,chunk", [(1, 1, 1, 1, None), (3, 100, 8, 100, 7), (9, 5000, 24, 50, 256),
-                                           (4, 1013, 5, 10, 1000)])
+@pytest.mark.parametrize(
+    "B,N,d,k,chunk", [(1, 1, 1, 1, None), (3, 100, 8, 100, 7), (9, 5000, 24, 50, 256), (4, 1013, 5, 10, 1000)]
+)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_topk_matches_reference(dtype, B, N, d, k, chunk, with_bias, gen):
     q, items = rand(B, d, dtype=dtype, gen=gen, noncontig=True), rand(N, d, dtype=dtype, gen=gen)

@@ -48,8 +48,12 @@ def test_policy_loss(token_level, dual_clip, gen):
     torch.testing.assert_close(loss_o, loss_t, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats["clipfrac"], clip_t, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats["approx_kl"], kl_t, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad_of(lambda a: ours(a)[0], lp)[0],
-                               grad_of(lambda a: fn(a, old, adv, m.float())[0], lp)[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        grad_of(lambda a: ours(a)[0], lp)[0],
+        grad_of(lambda a: fn(a, old, adv, m.float())[0], lp)[0],
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 @pytest.mark.parametrize("token_level", [True, False])

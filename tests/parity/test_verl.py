@@ -53,8 +53,9 @@ def test_kl_penalty(kind, gen):
     for a, b in zip(g_ours, g_theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     base = kind.rstrip("+")
-    torch.testing.assert_close(cf.kl_penalty(lp, ref, kind=base), core.kl_penalty_forward(lp, ref, VERL_KL[base]),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        cf.kl_penalty(lp, ref, kind=base), core.kl_penalty_forward(lp, ref, VERL_KL[base]), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("agg", AGG)
@@ -63,8 +64,7 @@ def test_policy_loss_vanilla(agg, clip, gen):
     B, T = 6, 40
     lp = rand(B, T, gen=gen, scale=0.5)
     old, adv, m = lp + rand(B, T, gen=gen, scale=0.4), rand(B, T, gen=gen), _mask(B, T, gen)
-    cfg = _Cfg(clip_ratio=0.2, clip_ratio_low=clip[0], clip_ratio_high=clip[1], clip_ratio_c=3.0,
-               global_batch_info={})
+    cfg = _Cfg(clip_ratio=0.2, clip_ratio_low=clip[0], clip_ratio_high=clip[1], clip_ratio_c=3.0, global_batch_info={})
 
     def theirs(a):
         return core.compute_policy_loss_vanilla(old, a, adv, m.float(), loss_agg_mode=agg, config=cfg)
@@ -78,8 +78,9 @@ def test_policy_loss_vanilla(agg, clip, gen):
     assert stats["clipfrac"].item() == pytest.approx(metrics["actor/pg_clipfrac"], abs=1e-6)
     assert stats["clipfrac_lower"].item() == pytest.approx(metrics["actor/pg_clipfrac_lower"], abs=1e-6)
     assert stats["approx_kl"].item() == pytest.approx(metrics["actor/ppo_kl"], rel=1e-5, abs=1e-6)
-    torch.testing.assert_close(grad_of(lambda a: ours(a)[0], lp)[0], grad_of(lambda a: theirs(a)[0], lp)[0],
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        grad_of(lambda a: ours(a)[0], lp)[0], grad_of(lambda a: theirs(a)[0], lp)[0], rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("agg", AGG)
