@@ -14,6 +14,12 @@
 #include <omp.h>
 #endif
 
+#if defined(__GNUC__)
+#define CRS_INLINE inline __attribute__((always_inline))
+#else
+#define CRS_INLINE inline
+#endif
+
 namespace crs {
 
 // Dtype codes shared with crs_fast/ops/_lib.py.
@@ -22,13 +28,16 @@ enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 struct bf16 { uint16_t bits; };
 struct f16 { uint16_t bits; };
 
-inline float to_float(float v) { return v; }
-inline double to_float(double v) { return v; }
+CRS_INLINE float to_float(float v) { return v; }
+CRS_INLINE double to_float(double v) { return v; }
 
-inline float to_float(bf16 v) {
+CRS_INLINE float to_float(bf16 v) {
   return std::bit_cast<float>(static_cast<uint32_t>(v.bits) << 16);
 }
 
+#if defined(__FLT16_MANT_DIG__) && !defined(__CUDACC__)
+CRS_INLINE float to_float(f16 v) { return static_cast<float>(std::bit_cast<_Float16>(v.bits)); }
+#else
 inline float to_float(f16 v) {
   // IEEE binary16 -> binary32, subnormals and specials included.
   const uint32_t h = v.bits;
@@ -49,12 +58,13 @@ inline float to_float(f16 v) {
   }
   return std::bit_cast<float>(bits);
 }
+#endif
 
 template <typename T> inline T from_float(double v);
-template <> inline float from_float<float>(double v) { return static_cast<float>(v); }
-template <> inline double from_float<double>(double v) { return v; }
+template <> CRS_INLINE float from_float<float>(double v) { return static_cast<float>(v); }
+template <> CRS_INLINE double from_float<double>(double v) { return v; }
 
-template <> inline bf16 from_float<bf16>(double dv) {
+template <> CRS_INLINE bf16 from_float<bf16>(double dv) {
   const float v = static_cast<float>(dv);
   uint32_t u = std::bit_cast<uint32_t>(v);
   if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};  // NaN
@@ -62,6 +72,11 @@ template <> inline bf16 from_float<bf16>(double dv) {
   return bf16{static_cast<uint16_t>(u >> 16)};
 }
 
+#if defined(__FLT16_MANT_DIG__) && !defined(__CUDACC__)
+template <> CRS_INLINE f16 from_float<f16>(double dv) {
+  return f16{std::bit_cast<uint16_t>(static_cast<_Float16>(static_cast<float>(dv)))};
+}
+#else
 template <> inline f16 from_float<f16>(double dv) {
   const float v = static_cast<float>(dv);
   const uint32_t u = std::bit_cast<uint32_t>(v);
@@ -79,6 +94,13 @@ template <> inline f16 from_float<f16>(double dv) {
   r -= 112u << 23;
   return f16{static_cast<uint16_t>(sign | (r >> 13))};
 }
+#endif
+
+// min / max / clamp as selects: they compile to vector min/max, where std::fmin/fmax are
+// libm calls (their NaN rules). A NaN operand yields the bound here.
+template <typename A> CRS_INLINE A vmin(A a, A b) { return a < b ? a : b; }
+template <typename A> CRS_INLINE A vmax(A a, A b) { return a > b ? a : b; }
+template <typename A> CRS_INLINE A vclamp(A x, A lo, A hi) { return vmin(vmax(x, lo), hi); }
 
 // Accumulation type: double for double inputs, float otherwise.
 template <typename T>
@@ -86,9 +108,10 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // exp that GCC vectorises (Cephes-style range reduction and polynomial, ~2 ulp);
 // exact 0 below the float range, so -inf logits give 0.
-inline float fast_exp(float x) {
-  const float xc = std::fmin(std::fmax(x, -87.0f), 88.0f);
-  const float fn = std::floor(xc * 1.44269504088896341f + 0.5f);
+CRS_INLINE float fast_exp(float x) {
+  const float xc = vclamp(x, -87.0f, 88.0f);
+  // round to nearest by adding and subtracting 1.5 * 2^23 (std::floor would not vectorise)
+  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = xc - fn * 0.693359375f + fn * 2.12194440e-4f;
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
@@ -102,7 +125,7 @@ inline float fast_exp(float x) {
   const float scale = std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
   return x < -87.0f ? 0.0f : p * scale;
 }
-inline double fast_exp(double x) { return std::exp(x); }
+CRS_INLINE double fast_exp(double x) { return std::exp(x); }
 
 inline int threads(int requested) {
 #ifdef _OPENMP
@@ -114,14 +137,6 @@ inline int threads(int requested) {
 }
 
 }  // namespace crs
-
-// Hot loops get an AVX2+FMA and an AVX-512 clone picked at load time, so one build
-// is fast on modern x86 and still runs on any x86-64 (and other architectures).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define CRS_HOT __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define CRS_HOT
-#endif
 
 // Calls BODY with `scalar_t` bound to the C++ type of a float dtype code.
 #define CRS_DISPATCH_FLOAT(DT, BODY)                                      \

@@ -14,13 +14,13 @@ namespace {
 template <typename A>
 inline void finish_row(A zy_minus_m, A m, A s, A w, A log_v, A* lp, A* ent, A* lse) {
   const A log_s = std::log(s);
-  *lp = std::fmin(zy_minus_m - log_s, A(0));
+  *lp = vmin(zy_minus_m - log_s, A(0));
   *lse = m + log_s;
-  *ent = std::fmin(std::fmax(log_s - w / s, A(0)), log_v);
+  *ent = vclamp(log_s - w / s, A(0), log_v);
 }
 
 template <typename T>
-CRS_HOT void fwd_impl(const T* Z, const int64_t* labels, acc_t<T>* LP, acc_t<T>* ENT,
+void fwd_impl(const T* Z, const int64_t* labels, acc_t<T>* LP, acc_t<T>* ENT,
                       acc_t<T>* LSE, int64_t N, int64_t V, double inv_tau_d, int64_t ignore,
                       int nt) {
   using A = acc_t<T>;
@@ -48,7 +48,7 @@ CRS_HOT void fwd_impl(const T* Z, const int64_t* labels, acc_t<T>* LP, acc_t<T>*
 }
 
 template <typename T>
-CRS_HOT void bwd_impl(const T* Z, const int64_t* labels, const acc_t<T>* GLP,
+void bwd_impl(const T* Z, const int64_t* labels, const acc_t<T>* GLP,
                       const acc_t<T>* GENT, const acc_t<T>* LSE, const acc_t<T>* ENT, T* G,
                       int64_t N, int64_t V, double inv_tau_d, int64_t ignore, int nt) {
   using A = acc_t<T>;
@@ -103,7 +103,7 @@ void logprobs_backward(DType dt, const void* logits, const int64_t* labels, cons
 namespace {
 
 template <typename A>
-CRS_HOT void block_update(const A* z, int64_t ldz, const int64_t* labels, A* M, A* S, A* W, A* ZY,
+void block_update(const A* z, int64_t ldz, const int64_t* labels, A* M, A* S, A* W, A* ZY,
                           int64_t N, int64_t C, int64_t v0, double inv_tau_d, int nt) {
   const A inv_tau = static_cast<A>(inv_tau_d);
   const A neg_inf = -std::numeric_limits<A>::infinity();
@@ -148,7 +148,7 @@ void block_finish(const int64_t* labels, const A* M, const A* S, const A* W, con
 }
 
 template <typename A>
-CRS_HOT void block_grad(A* z, int64_t ldz, const int64_t* labels, const A* GLP, const A* GENT,
+void block_grad(A* z, int64_t ldz, const int64_t* labels, const A* GLP, const A* GENT,
                         const A* LSE, const A* ENT, int64_t N, int64_t C, int64_t v0,
                         double inv_tau_d, int64_t ignore, int nt) {
   const A inv_tau = static_cast<A>(inv_tau_d);

@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates or reuses .venv
+# and installs everything from this repository's own files.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU machines take the CPU build of torch kept on disk; GPU machines keep the torch they
+# have: `make test TORCH_SPEC=`.
+TORCH_SPEC ?= torch==2.13.0
+# Published implementations for the parity tests, at the versions they were checked with.
+# verl and OpenRLHF come without their dependencies (GPU builds); see tests/frameworks.py.
+NODEPS_FRAMEWORKS := verl==0.9.1 openrlhf==0.11.2
+SOURCES := $(shell find crs_fast csrc -type f -name '*.py' -o -type f -name '*.cpp' -o -type f -name '*.h' -o -type f -name '*.cu') CMakeLists.txt pyproject.toml
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) $(SOURCES)
+	$(if $(TORCH_SPEC),$(PIP) install -q "$(TORCH_SPEC)")
+	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12"
+	$(PIP) install -q --no-build-isolation ".[test,parity]"
+	$(PIP) install -q --no-deps $(NODEPS_FRAMEWORKS)
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/crs-fast demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The installed package is tested (pytest runs in importlib mode, so the source tree is not on sys.path).
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_core.py
+
+clean:
+	rm -rf build $(VENV)
