@@ -13,8 +13,8 @@ struct KlPoint {
 
 // One token: value and d value / d lp. `clamp` is +inf when no clamp was asked for, so every
 // step is a select and the loops vectorise.
-template <int KIND, typename A>
-CRS_INLINE KlPoint<A> kl_point(A d, bool straight, A clamp) {
+template <int KIND, bool STRAIGHT, typename A>
+CRS_INLINE KlPoint<A> kl_point(A d, A clamp) {
   A v, g;
   if constexpr (KIND == 0) {
     v = d; g = 1;
@@ -33,59 +33,62 @@ CRS_INLINE KlPoint<A> kl_point(A d, bool straight, A clamp) {
   }
   g = ((v >= -clamp) & (v <= clamp)) ? g : A(0);
   v = vclamp(v, -clamp, clamp);
-  return {v, straight ? d : g};
+  if constexpr (STRAIGHT) g = d;  // a compile-time switch: a runtime bool select blocks vectorisation
+  return {v, g};
 }
 
-template <int KIND, typename T>
-void kl_fwd_impl(const T* lp, const T* ref, T* out, int64_t n, bool straight, double clamp, int nt) {
+template <int KIND, bool STRAIGHT, typename T>
+void kl_fwd_impl(const T* lp, const T* ref, T* out, int64_t n, double clamp, int nt) {
   using A = acc_t<T>;
   const A c = clamp >= 0 ? static_cast<A>(clamp) : std::numeric_limits<A>::infinity();
 #pragma omp parallel for simd num_threads(nt) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = from_float<T>(kl_point<KIND, A>(A(to_float(lp[i])) - A(to_float(ref[i])), straight, c).value);
+    out[i] = from_float<T>(kl_point<KIND, STRAIGHT, A>(A(to_float(lp[i])) - A(to_float(ref[i])), c).value);
   }
 }
 
-template <int KIND, typename T>
-void kl_bwd_impl(const T* grad, const T* lp, const T* ref, T* glp, int64_t n, bool straight, double clamp,
-                 int nt) {
+template <int KIND, bool STRAIGHT, typename T>
+void kl_bwd_impl(const T* grad, const T* lp, const T* ref, T* glp, int64_t n, double clamp, int nt) {
   using A = acc_t<T>;
   const A c = clamp >= 0 ? static_cast<A>(clamp) : std::numeric_limits<A>::infinity();
 #pragma omp parallel for simd num_threads(nt) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const A g = kl_point<KIND, A>(A(to_float(lp[i])) - A(to_float(ref[i])), straight, c).grad;
+    const A g = kl_point<KIND, STRAIGHT, A>(A(to_float(lp[i])) - A(to_float(ref[i])), c).grad;
     glp[i] = from_float<T>(A(to_float(grad[i])) * g);
   }
 }
 
-// Calls BODY with the constant KIND bound to the estimator code.
-#define CRS_DISPATCH_KIND(K, BODY)                          \
+// Calls BODY with the constants KIND (estimator code) and STRAIGHT bound.
+#define CRS_DISPATCH_KIND_(K, BODY)                         \
   switch (K) {                                              \
     case 0: { constexpr int KIND = 0; BODY; break; }        \
     case 1: { constexpr int KIND = 1; BODY; break; }        \
     case 2: { constexpr int KIND = 2; BODY; break; }        \
     default: { constexpr int KIND = 3; BODY; break; }       \
   }
+#define CRS_DISPATCH_KIND(K, S, BODY)                                            \
+  if (S) { constexpr bool STRAIGHT = true; CRS_DISPATCH_KIND_(K, BODY); }       \
+  else { constexpr bool STRAIGHT = false; CRS_DISPATCH_KIND_(K, BODY); }
 
 }  // namespace
 
 void kl_forward(DType dt, const void* lp, const void* ref, void* out, int64_t n, int kind,
                 bool straight, double clamp, int nthreads) {
   const int nt = threads(nthreads);
-  CRS_DISPATCH_FLOAT(dt, CRS_DISPATCH_KIND(kind, kl_fwd_impl<KIND>(static_cast<const scalar_t*>(lp),
+  CRS_DISPATCH_FLOAT(dt, CRS_DISPATCH_KIND(kind, straight, (kl_fwd_impl<KIND, STRAIGHT>)(static_cast<const scalar_t*>(lp),
                                                                    static_cast<const scalar_t*>(ref),
                                                                    static_cast<scalar_t*>(out), n,
-                                                                   straight, clamp, nt)));
+                                                                   clamp, nt)));
 }
 
 void kl_backward(DType dt, const void* grad, const void* lp, const void* ref, void* grad_lp,
                  int64_t n, int kind, bool straight, double clamp, int nthreads) {
   const int nt = threads(nthreads);
-  CRS_DISPATCH_FLOAT(dt, CRS_DISPATCH_KIND(kind, kl_bwd_impl<KIND>(static_cast<const scalar_t*>(grad),
+  CRS_DISPATCH_FLOAT(dt, CRS_DISPATCH_KIND(kind, straight, (kl_bwd_impl<KIND, STRAIGHT>)(static_cast<const scalar_t*>(grad),
                                                                    static_cast<const scalar_t*>(lp),
                                                                    static_cast<const scalar_t*>(ref),
                                                                    static_cast<scalar_t*>(grad_lp), n,
-                                                                   straight, clamp, nt)));
+                                                                   clamp, nt)));
 }
 
 }  // namespace crs

@@ -44,9 +44,9 @@ struct ValuePoint {
 };
 
 template <typename A>
-CRS_INLINE ValuePoint<A> value_point(A v, A old, A ret, A eps, bool has_clip) {
+CRS_INLINE ValuePoint<A> value_point(A v, A old, A ret, A eps) {  // eps = +inf: no clipping
   const A d1 = v - ret;
-  const A vc = has_clip ? vmax(vmin(v, old + eps), old - eps) : v;
+  const A vc = vmax(vmin(v, old + eps), old - eps);
   const A d2 = vc - ret;
   const A l1 = d1 * d1, l2 = d2 * d2;
   const bool first = l1 >= l2;
@@ -138,8 +138,7 @@ RowSums policy_row(const T* lp, const T* old, const T* adv, const uint8_t* m, in
 template <typename T>
 RowSums value_row(const T* v, const T* old, const T* ret, const uint8_t* m, int64_t n, double eps) {
   using A = acc_t<T>;
-  const A e = A(eps);
-  const bool has_clip = eps >= 0;
+  const A e = eps >= 0 ? A(eps) : std::numeric_limits<A>::infinity();
   alignas(64) A bl[kChunk], bc[kChunk];
   RowSums s{0, 0, 0, 0};
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
@@ -147,7 +146,7 @@ RowSums value_row(const T* v, const T* old, const T* ret, const uint8_t* m, int6
 #pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
       const int64_t t = c0 + j;
-      const ValuePoint<A> q = value_point<A>(to_float(v[t]), to_float(old[t]), to_float(ret[t]), e, has_clip);
+      const ValuePoint<A> q = value_point<A>(to_float(v[t]), to_float(old[t]), to_float(ret[t]), e);
       const bool on = m[t] != 0;
       bl[j] = on ? q.loss : A(0);
       bc[j] = on ? q.clip : A(0);
@@ -216,15 +215,14 @@ void value_bwd(double grad, const T* v, const T* old, const T* ret, const uint8_
                        T* gv, int64_t B, int64_t T_, double eps, int agg, int nt) {
   using A = acc_t<T>;
   const Counts c = count_mask(M, B, T_, nt);
-  const A e = A(eps);
-  const bool has_clip = eps >= 0;
+  const A e = eps >= 0 ? A(eps) : std::numeric_limits<A>::infinity();
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     const A w = static_cast<A>(0.5 * grad * row_weight(c, b, T_, agg));
 #pragma omp simd
     for (int64_t t = 0; t < T_; ++t) {
       const int64_t i = b * T_ + t;
-      const ValuePoint<A> q = value_point<A>(to_float(v[i]), to_float(old[i]), to_float(ret[i]), e, has_clip);
+      const ValuePoint<A> q = value_point<A>(to_float(v[i]), to_float(old[i]), to_float(ret[i]), e);
       gv[i] = from_float<T>(M[i] ? w * q.grad : A(0));
     }
   }
