@@ -67,31 +67,71 @@ def cases(quick: bool) -> list[Case]:
     scores = rn(B)
     pol = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0)
     return [
-        Case("gae (verl, whitened)", f"B={B} T={T}", lambda: ops.gae(r, v, m, gamma=0.99, lam=0.95),
-             lambda: R.gae(r, v, m, gamma=0.99, lam=0.95), reps=3),
-        Case("kl_penalty k3 fwd+bwd", f"B={B} T={T}", _train(lambda: ops.kl_penalty(lp, ref_lp, kind="k3"), lp),
-             _train(lambda: R.kl_penalty(lp, ref_lp, kind="k3"), lp), reps=20),
-        Case("token_rewards", f"B={B} T={T}", lambda: ops.token_rewards(scores, r, m, beta=0.05, clip=5.0),
-             lambda: R.token_rewards(scores, r, m, beta=0.05, clip=(-5.0, 5.0)), reps=20),
-        Case("ppo_policy_loss fwd+bwd", f"B={B} T={T}", _train(lambda: ops.ppo_policy_loss(lp, lp_old, adv, m, **pol)[0], lp),
-             _train(lambda: R.ppo_policy_loss(lp, lp_old, adv, m, **pol)[0], lp), reps=20),
-        Case("ppo_value_loss fwd+bwd", f"B={B} T={T}", _train(lambda: ops.ppo_value_loss(vals, v, r, m)[0], vals),
-             _train(lambda: R.ppo_value_loss(vals, v, r, m)[0], vals), reps=20),
-        Case("token_logprobs+entropy fwd+bwd", f"N={N} V={V}",
-             _train(lambda: ops.token_logprobs(logits, labels, entropy=True), logits),
-             _train(lambda: R.token_logprobs(logits, labels), logits), reps=3),
-        Case("linear_logprobs+entropy fwd+bwd", f"N={N} H={H} V={V}",
-             _train(lambda: ops.linear_logprobs(hidden, head, labels, entropy=True), hidden, head),
-             _train(lambda: R.linear_logprobs(hidden, head, labels), hidden, head), reps=3),
-        Case("topk_scores k=50", f"B=256 N={n_items} d={d}", lambda: ops.topk_scores(q, items, k=50),
-             lambda: R.topk_scores(q, items, k=50), reps=3),
+        Case(
+            "gae (verl, whitened)",
+            f"B={B} T={T}",
+            lambda: ops.gae(r, v, m, gamma=0.99, lam=0.95),
+            lambda: R.gae(r, v, m, gamma=0.99, lam=0.95),
+            reps=3,
+        ),
+        Case(
+            "kl_penalty k3 fwd+bwd",
+            f"B={B} T={T}",
+            _train(lambda: ops.kl_penalty(lp, ref_lp, kind="k3"), lp),
+            _train(lambda: R.kl_penalty(lp, ref_lp, kind="k3"), lp),
+            reps=20,
+        ),
+        Case(
+            "token_rewards",
+            f"B={B} T={T}",
+            lambda: ops.token_rewards(scores, r, m, beta=0.05, clip=5.0),
+            lambda: R.token_rewards(scores, r, m, beta=0.05, clip=(-5.0, 5.0)),
+            reps=20,
+        ),
+        Case(
+            "ppo_policy_loss fwd+bwd",
+            f"B={B} T={T}",
+            _train(lambda: ops.ppo_policy_loss(lp, lp_old, adv, m, **pol)[0], lp),
+            _train(lambda: R.ppo_policy_loss(lp, lp_old, adv, m, **pol)[0], lp),
+            reps=20,
+        ),
+        Case(
+            "ppo_value_loss fwd+bwd",
+            f"B={B} T={T}",
+            _train(lambda: ops.ppo_value_loss(vals, v, r, m)[0], vals),
+            _train(lambda: R.ppo_value_loss(vals, v, r, m)[0], vals),
+            reps=20,
+        ),
+        Case(
+            "token_logprobs+entropy fwd+bwd",
+            f"N={N} V={V}",
+            _train(lambda: ops.token_logprobs(logits, labels, entropy=True), logits),
+            _train(lambda: R.token_logprobs(logits, labels), logits),
+            reps=3,
+        ),
+        Case(
+            "linear_logprobs+entropy fwd+bwd",
+            f"N={N} H={H} V={V}",
+            _train(lambda: ops.linear_logprobs(hidden, head, labels, entropy=True), hidden, head),
+            _train(lambda: R.linear_logprobs(hidden, head, labels), hidden, head),
+            reps=3,
+        ),
+        Case(
+            "topk_scores k=50",
+            f"B=256 N={n_items} d={d}",
+            lambda: ops.topk_scores(q, items, k=50),
+            lambda: R.topk_scores(q, items, k=50),
+            reps=3,
+        ),
     ]
 
 
 def run_demo(quick: bool = False) -> int:
     """Run every case; returns 0 if every op matches its reference, else 1."""
-    print(f"crs_fast demo on {torch.get_num_threads()} threads: crs_fast ops (C++ backend) against the "
-          f"PyTorch reference, fp32{' (quick shapes)' if quick else ''}")
+    print(
+        f"crs_fast demo on {torch.get_num_threads()} threads: crs_fast ops (C++ backend) against the "
+        f"PyTorch reference, fp32{' (quick shapes)' if quick else ''}"
+    )
     print(f"{'op':<34} {'shape':<24} {'max rel err':>11} {'reference':>11} {'crs_fast':>10} {'speedup':>8}")
     failed = 0
     start = time.perf_counter()
@@ -101,10 +141,15 @@ def run_demo(quick: bool = False) -> int:
         failed += not ok
         t_ref = median_seconds(case.ref, warmup=1, reps=case.reps)
         t_ours = median_seconds(case.ours, warmup=1, reps=case.reps)
-        print(f"{case.name:<34} {case.shape:<24} {err:>11.2e} {t_ref * 1e3:>9.2f}ms {t_ours * 1e3:>8.2f}ms "
-              f"{t_ref / t_ours:>7.1f}x{'' if ok else '  MISMATCH'}", flush=True)
-    print(f"{'all ops match the reference' if not failed else f'{failed} op(s) differ from the reference'} "
-          f"({time.perf_counter() - start:.0f} s)")
+        print(
+            f"{case.name:<34} {case.shape:<24} {err:>11.2e} {t_ref * 1e3:>9.2f}ms {t_ours * 1e3:>8.2f}ms "
+            f"{t_ref / t_ours:>7.1f}x{'' if ok else '  MISMATCH'}",
+            flush=True,
+        )
+    print(
+        f"{'all ops match the reference' if not failed else f'{failed} op(s) differ from the reference'} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return 1 if failed else 0
 
 
