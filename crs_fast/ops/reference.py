@@ -188,7 +188,7 @@ def token_rewards(
     return r.to(kl.dtype)
 
 
-def _aggregate(loss_mat: torch.Tensor, m: torch.Tensor, agg: str) -> torch.Tensor:
+def aggregate(loss_mat: torch.Tensor, m: torch.Tensor, agg: str) -> torch.Tensor:
     """Aggregate a [B, T] loss over the mask; empty masks give 0."""
     tokens_per_row = m.sum(dim=-1)
     rows = (tokens_per_row > 0).to(loss_mat.dtype).sum()
@@ -238,7 +238,7 @@ def ppo_policy_loss(
         pg = c1
         lower = torch.zeros_like(c1, dtype=torch.bool)
     out = _loss_dtype(logp)
-    loss = _aggregate(pg, m, agg).to(out)
+    loss = aggregate(pg, m, agg).to(out)
     stats = {
         "clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out),
         "clipfrac_lower": _masked_mean(lower.to(dt), m).detach().to(out),
@@ -268,7 +268,7 @@ def ppo_value_loss(
         vc = torch.max(torch.min(v, old + clip), old - clip)
         l2 = (vc - R) ** 2
     out = _loss_dtype(values)
-    loss = (0.5 * _aggregate(torch.max(l1, l2), m, agg)).to(out)
+    loss = (0.5 * aggregate(torch.max(l1, l2), m, agg)).to(out)
     return loss, {"clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out)}
 
 
