@@ -13,7 +13,14 @@ NODEPS_FRAMEWORKS := verl==0.9.1 openrlhf==0.11.2
 SOURCES := $(shell find crs_fast csrc -type f -name '*.py' -o -type f -name '*.cpp' -o -type f -name '*.h' -o -type f -name '*.cu') CMakeLists.txt pyproject.toml
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+# verl's own CPU unit tests for the functions crs_fast patches, from its source distribution,
+# run with the patch applied (TRL's sdist ships no tests; OpenRLHF publishes no sdist).
+UPSTREAM := build/upstream
+VERL_VERSION := 0.9.1
+VERL_TESTS := tests/trainer/ppo/test_core_algos_on_cpu.py tests/trainer/ppo/test_loss_aggregation_on_cpu.py \
+	tests/trainer/ppo/test_value_loss_normalization_on_cpu.py
+
+.PHONY: demo test lint bench install clean upstream-test
 
 install: $(STAMP)
 
@@ -38,6 +45,14 @@ lint: $(STAMP)
 # The installed package is tested (pytest runs in importlib mode, so the source tree is not on sys.path).
 test: lint
 	$(VENV)/bin/pytest -q
+	$(MAKE) upstream-test
+
+upstream-test: $(STAMP)
+	rm -rf $(UPSTREAM) && mkdir -p $(UPSTREAM)
+	$(PIP) download -q --no-deps --no-binary :all: -d $(UPSTREAM) verl==$(VERL_VERSION)
+	tar xzf $(UPSTREAM)/verl-$(VERL_VERSION).tar.gz -C $(UPSTREAM)
+	cd $(UPSTREAM)/verl-$(VERL_VERSION) && CRS_FAST_PATCH=verl PYTHONPATH=$(CURDIR)/tests/upstream \
+		$(CURDIR)/$(VENV)/bin/pytest -q -p crs_fast_patch_plugin -p no:cacheprovider $(VERL_TESTS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_core.py

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+import transformers  # noqa: E402
 
 from crs_fast.integrations import hf
-
-import transformers  # noqa: E402
 
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(
