@@ -10,12 +10,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run every op at realistic shapes against its reference")
     demo.add_argument("--quick", action="store_true", help="small shapes (seconds)")
+    from .crs import cli as data_cli
+
+    data_cli.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
 
         return run_demo(quick=args.quick)
-    return 2
+    return data_cli.run(args)
 
 
 if __name__ == "__main__":

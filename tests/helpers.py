@@ -100,3 +100,22 @@ def grad_of(fn, *inputs: torch.Tensor, weights=None) -> list[torch.Tensor]:
     weights = weights or [None] * len(outs)
     total = sum((o.double() * (1.0 if w is None else w)).sum() for o, w in zip(outs, weights, strict=True))
     return list(torch.autograd.grad(total, xs, allow_unused=True))
+
+
+def real_data_dir():
+    """The real-data directory ($CRS_FAST_DATA or ../shared/data beside the repository). Tests
+    that need it skip with the reason when it is absent, except under CI, where it must exist."""
+    import os
+    import pathlib
+
+    import pytest
+
+    path = pathlib.Path(
+        os.environ.get("CRS_FAST_DATA") or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    if not (path / "redial").is_dir() or not (path / "opendialkg").is_dir():
+        msg = f"real datasets not found in {path} (set CRS_FAST_DATA to a directory with redial/ and opendialkg/)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
