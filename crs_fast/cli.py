@@ -10,10 +10,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run every op at realistic shapes against its reference")
     demo.add_argument("--quick", action="store_true", help="small shapes (seconds)")
+    bench = sub.add_parser(
+        "bench", help="benchmarks against the reference, torch.compile and published code", add_help=False
+    )
+    bench.add_argument("bench_args", nargs="*")
     from .crs import cli as data_cli
 
     data_cli.add_commands(sub)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from .benchmarks.run import main as bench_main
+
+        return bench_main([*args.bench_args, *rest])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         from .demo import run_demo
 

@@ -127,11 +127,15 @@ CRS_INLINE float fast_exp(float x) {
 }
 CRS_INLINE double fast_exp(double x) { return std::exp(x); }
 
-inline int threads(int requested) {
+// Threads for `work` elements: one below 64K elements, where a parallel region's start and
+// barrier cost more than the loop (much more on a shared, oversubscribed machine).
+inline int threads(int requested, int64_t work) {
 #ifdef _OPENMP
+  if (work < (int64_t{1} << 16)) return 1;
   return requested > 0 ? requested : omp_get_max_threads();
 #else
   (void)requested;
+  (void)work;
   return 1;
 #endif
 }

@@ -9,8 +9,6 @@ Where a framework is missing these tests skip, except under CI, where they fail.
 
 import ast
 import importlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import os
 import pathlib
@@ -86,60 +84,9 @@ def openrlhf_experience_methods() -> dict[str, types.FunctionType]:
     return found
 
 
-# Packages OpenRLHF imports at module level that are GPU builds or unrelated extras here.
-OPENRLHF_STUBBED = ("deepspeed", "flash_attn", "vllm", "pylatexenc", "math_verify", "aiohttp", "torchdata")
-
-
-class _Anything:
-    """Stands for any attribute of a stubbed package; never used by the functions under test."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Anything()
-
-    def __getattr__(self, name):
-        return _Anything()
-
-
-def _stub_attr(attr):
-    if attr.startswith("__"):
-        raise AttributeError(attr)
-    return _Anything if attr[:1].isupper() else _Anything()
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, roots):
-        self.roots = set(roots)
-        self.created = []
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.roots and importlib.machinery.PathFinder.find_spec(name.split(".")[0]) is None:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__path__ = []
-        module.__getattr__ = _stub_attr
-        self.created.append(spec.name)
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def import_openrlhf():
-    """Import OpenRLHF's real modules (models.utils, models.loss, the experience maker) with the
-    missing GPU-only packages stubbed; returns (utils, loss, experience_maker)."""
+    """OpenRLHF's real modules with its GPU-only dependencies stubbed (see crs_fast.integrations)."""
     _openrlhf_root()
-    names = ("openrlhf.models.utils", "openrlhf.models.loss", "openrlhf.trainer.ppo_utils.experience_maker")
-    finder = _StubFinder(OPENRLHF_STUBBED)
-    sys.meta_path.append(finder)
-    try:
-        return tuple(importlib.import_module(n) for n in names)
-    finally:  # later imports (try: import flash_attn ..., is_vllm_available()) see no stubs
-        sys.meta_path.remove(finder)
-        for name in finder.created:
-            sys.modules.pop(name, None)
+    from crs_fast.integrations.cpu_import import import_openrlhf_modules
+
+    return import_openrlhf_modules()

@@ -5,7 +5,7 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, as_mask, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
 
 _GAE_MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
 _GROUP_MODES = {"grpo": 0, "rloo": 1}
@@ -81,7 +81,7 @@ def gae(
     be = resolve_backend(check_backend_arg(backend), rewards.device)
     if be == "torch":
         return reference.gae(rewards, values, mask, gamma=gamma, lam=lam, mode=mode, whiten=bool(whiten))
-    return _gae_op(rewards, values, mask, gamma, lam, mode, bool(whiten), be)
+    return call(_gae_op, rewards, values, mask, gamma, lam, mode, bool(whiten), be)
 
 
 @torch.library.custom_op("crs_fast::masked_whiten", mutates_args=())
@@ -118,7 +118,7 @@ def masked_whiten(
     be = resolve_backend(check_backend_arg(backend), values.device)
     if be == "torch":
         return reference.masked_whiten(values, mask, shift_mean=bool(shift_mean), unbiased=bool(unbiased))
-    return _whiten_op(values, mask, bool(shift_mean), bool(unbiased), be)
+    return call(_whiten_op, values, mask, bool(shift_mean), bool(unbiased), be)
 
 
 @torch.library.custom_op("crs_fast::reinforce_returns", mutates_args=())
@@ -147,7 +147,7 @@ def reinforce_returns(
     be = resolve_backend(check_backend_arg(backend), rewards.device)
     if be == "torch":
         return reference.reinforce_returns(rewards, mask, gamma=gamma)
-    return _reinforce_op(rewards, mask, gamma, be)
+    return call(_reinforce_op, rewards, mask, gamma, be)
 
 
 @torch.library.custom_op("crs_fast::group_advantages", mutates_args=())
@@ -197,7 +197,7 @@ def group_advantages(
     if be == "torch":
         adv = reference.group_advantages(scores, group_ids, mode=mode, eps=eps, norm_by_std=bool(norm_by_std))
     else:
-        adv = _group_op(scores, group_ids, mode, eps, bool(norm_by_std), be)
+        adv = call(_group_op, scores, group_ids, mode, eps, bool(norm_by_std), be)
     if mask is None:
         return adv
     return adv.unsqueeze(-1) * mask.ne(0).to(adv.dtype)

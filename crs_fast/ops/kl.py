@@ -4,7 +4,18 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import (
+    _C,
+    call,
+    call_autograd,
+    check_backend_arg,
+    dtype_code,
+    eager_autograd,
+    empty,
+    nthreads,
+    ptr,
+    resolve_backend,
+)
 
 KL_KINDS = reference.KL_KINDS
 _BASE = {"k1": 0, "abs": 1, "k2": 2, "k3": 3}
@@ -52,11 +63,12 @@ def _kl_setup(ctx, inputs, output):
 
 def _kl_backward(ctx, grad):
     logp, ref_logp = ctx.saved_tensors
-    g = _kl_bwd_op(grad.to(logp.dtype), logp, ref_logp, *ctx.args)
+    g = call(_kl_bwd_op, grad.to(logp.dtype), logp, ref_logp, *ctx.args)
     return g, -g, None, None, None
 
 
 _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
+_EAGER_KL_OP = eager_autograd(_kl_op, _kl_setup, _kl_backward)
 
 
 def kl_penalty(
@@ -86,4 +98,4 @@ def kl_penalty(
     be = resolve_backend(check_backend_arg(backend), logp.device)
     if be == "torch":
         return reference.kl_penalty(logp, ref_logp, kind=kind, clamp=clamp)
-    return _kl_op(logp, ref_logp, kind, clamp, be)
+    return call_autograd(_kl_op, _EAGER_KL_OP, logp, ref_logp, kind, clamp, be)

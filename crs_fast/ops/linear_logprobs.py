@@ -6,7 +6,19 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, acc_dtype, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import (
+    _C,
+    acc_dtype,
+    call,
+    call_autograd,
+    check_backend_arg,
+    dtype_code,
+    eager_autograd,
+    empty,
+    nthreads,
+    ptr,
+    resolve_backend,
+)
 from .logprobs import check_labels
 
 
@@ -110,11 +122,12 @@ def _llp_setup(ctx, inputs, output):
 
 def _llp_backward(ctx, grad_lp, grad_ent, unused):
     hidden, weight, labels, lse, ent = ctx.saved_tensors
-    dh, dw = _llp_bwd_op(grad_lp, grad_ent, hidden, weight, labels, lse, ent, *ctx.args)
+    dh, dw = call(_llp_bwd_op, grad_lp, grad_ent, hidden, weight, labels, lse, ent, *ctx.args)
     return dh, dw, None, None, None, None, None
 
 
 _llp_op.register_autograd(_llp_backward, setup_context=_llp_setup)
+_EAGER_LLP_OP = eager_autograd(_llp_op, _llp_setup, _llp_backward)
 
 
 def linear_logprobs(
@@ -158,6 +171,8 @@ def linear_logprobs(
     else:
         flat_h = hidden.reshape(-1, hidden.shape[-1])
         chunk = chunk_size or default_chunk(flat_h.shape[0])
-        lp, ent, _ = _llp_op(flat_h, weight, labels.reshape(-1), temperature, ignore_index, chunk, be)
+        lp, ent, _ = call_autograd(
+            _llp_op, _EAGER_LLP_OP, flat_h, weight, labels.reshape(-1), temperature, ignore_index, chunk, be
+        )
         lp, ent = lp.view(labels.shape), ent.view(labels.shape)
     return (lp, ent) if entropy else lp

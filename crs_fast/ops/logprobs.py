@@ -4,7 +4,19 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, acc_dtype, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import (
+    _C,
+    acc_dtype,
+    call,
+    call_autograd,
+    check_backend_arg,
+    dtype_code,
+    eager_autograd,
+    empty,
+    nthreads,
+    ptr,
+    resolve_backend,
+)
 
 
 def check_labels(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
@@ -101,11 +113,12 @@ def _lp_setup(ctx, inputs, output):
 
 def _lp_backward(ctx, grad_lp, grad_ent, unused):
     logits, labels, lse, ent = ctx.saved_tensors
-    g = _lp_bwd_op(grad_lp, grad_ent, logits, labels, lse, ent, *ctx.args)
+    g = call(_lp_bwd_op, grad_lp, grad_ent, logits, labels, lse, ent, *ctx.args)
     return g, None, None, None, None
 
 
 _lp_op.register_autograd(_lp_backward, setup_context=_lp_setup)
+_EAGER_LP_OP = eager_autograd(_lp_op, _lp_setup, _lp_backward)
 
 
 def token_logprobs(
@@ -142,5 +155,5 @@ def token_logprobs(
         check_labels(labels, logits.shape[-1], ignore_index)
         lp, ent = reference.token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index)
     else:
-        lp, ent, _ = _lp_op(logits, labels, temperature, ignore_index, be)
+        lp, ent, _ = call_autograd(_lp_op, _EAGER_LP_OP, logits, labels, temperature, ignore_index, be)
     return (lp, ent) if entropy else lp

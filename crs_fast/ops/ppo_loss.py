@@ -5,7 +5,20 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, acc_dtype, as_mask, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import (
+    _C,
+    acc_dtype,
+    as_mask,
+    call,
+    call_autograd,
+    check_backend_arg,
+    dtype_code,
+    eager_autograd,
+    empty,
+    nthreads,
+    ptr,
+    resolve_backend,
+)
 
 AGG_MODES = reference.AGG_MODES
 _AGG = {name: i for i, name in enumerate(AGG_MODES)}
@@ -102,11 +115,12 @@ def _policy_setup(ctx, inputs, output):
 
 
 def _policy_backward(ctx, grad, *unused):
-    g = _policy_bwd_op(grad, *ctx.saved_tensors, *ctx.args)
+    g = call(_policy_bwd_op, grad, *ctx.saved_tensors, *ctx.args)
     return (g,) + (None,) * 8
 
 
 _policy_op.register_autograd(_policy_backward, setup_context=_policy_setup)
+_EAGER_POLICY_OP = eager_autograd(_policy_op, _policy_setup, _policy_backward)
 
 
 def ppo_policy_loss(
@@ -150,7 +164,9 @@ def ppo_policy_loss(
         return reference.ppo_policy_loss(
             logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, agg=agg
         )
-    loss, cf, cfl, kl = _policy_op(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, be)
+    loss, cf, cfl, kl = call_autograd(
+        _policy_op, _EAGER_POLICY_OP, logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, be
+    )
     return loss, {"clipfrac": cf, "clipfrac_lower": cfl, "approx_kl": kl}
 
 
@@ -224,11 +240,12 @@ def _value_setup(ctx, inputs, output):
 
 
 def _value_backward(ctx, grad, unused):
-    g = _value_bwd_op(grad, *ctx.saved_tensors, *ctx.args)
+    g = call(_value_bwd_op, grad, *ctx.saved_tensors, *ctx.args)
     return (g,) + (None,) * 6
 
 
 _value_op.register_autograd(_value_backward, setup_context=_value_setup)
+_EAGER_VALUE_OP = eager_autograd(_value_op, _value_setup, _value_backward)
 
 
 def ppo_value_loss(
@@ -258,5 +275,5 @@ def ppo_value_loss(
     be = resolve_backend(check_backend_arg(backend), values.device)
     if be == "torch":
         return reference.ppo_value_loss(values, old_values, returns, mask, clip=clip, agg=agg)
-    loss, cf = _value_op(values, old_values, returns, mask, clip, agg, be)
+    loss, cf = call_autograd(_value_op, _EAGER_VALUE_OP, values, old_values, returns, mask, clip, agg, be)
     return loss, {"clipfrac": cf}

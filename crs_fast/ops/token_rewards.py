@@ -4,7 +4,7 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, as_mask, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
 
 
 @torch.library.custom_op("crs_fast::token_rewards", mutates_args=())
@@ -65,7 +65,7 @@ def token_rewards(
     be = resolve_backend(check_backend_arg(backend), kl.device)
     if be == "torch":
         return reference.token_rewards(scores, kl, mask, beta=beta, clip=None if clip is None else (lo, hi))
-    return _rewards_op(scores, kl, mask, beta, lo, hi, be)
+    return call(_rewards_op, scores, kl, mask, beta, lo, hi, be)
 
 
 class FixedKLController:

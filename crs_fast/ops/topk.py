@@ -5,7 +5,7 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, check_backend_arg, empty, nthreads, ptr, resolve_backend
+from ._lib import _C, call, check_backend_arg, empty, nthreads, ptr, resolve_backend
 
 
 def default_chunk(n_queries: int) -> int:
@@ -96,4 +96,4 @@ def topk_scores(
     if be == "torch":
         return reference.topk_scores(queries, items, k=k, bias=bias, exclude=exclude)
     chunk = chunk_size or default_chunk(queries.shape[0])
-    return _topk_op(queries, items, k, bias, exclude, chunk, be)
+    return call(_topk_op, queries, items, k, bias, exclude, chunk, be)

@@ -163,7 +163,7 @@ void group_impl(const T* S, const int64_t* G, T* out, int64_t B, int mode, doubl
 void gae(DType dt, const void* rewards, const void* values, const uint8_t* mask, void* adv,
          void* ret, int64_t B, int64_t T, double gamma, double lam, int mode, bool whiten,
          int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   CRS_DISPATCH_FLOAT(dt, gae_impl(static_cast<const scalar_t*>(rewards),
                                   static_cast<const scalar_t*>(values), mask,
                                   static_cast<scalar_t*>(adv), static_cast<scalar_t*>(ret), B, T,
@@ -172,7 +172,7 @@ void gae(DType dt, const void* rewards, const void* values, const uint8_t* mask,
 
 void masked_whiten(DType dt, const void* x, const uint8_t* mask, void* out, int64_t n,
                    bool shift_mean, bool unbiased, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, n);
   CRS_DISPATCH_FLOAT(dt, masked_whiten_impl(static_cast<const scalar_t*>(x), mask,
                                             static_cast<scalar_t*>(out), n, shift_mean, unbiased,
                                             nt));
@@ -180,7 +180,7 @@ void masked_whiten(DType dt, const void* x, const uint8_t* mask, void* out, int6
 
 void reinforce_returns(DType dt, const void* rewards, const uint8_t* mask, void* out, int64_t B,
                        int64_t T, double gamma, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   CRS_DISPATCH_FLOAT(dt, reinforce_impl(static_cast<const scalar_t*>(rewards), mask,
                                         static_cast<scalar_t*>(out), B, T, gamma, nt));
 }

@@ -74,7 +74,7 @@ void kl_bwd_impl(const T* grad, const T* lp, const T* ref, T* glp, int64_t n, do
 
 void kl_forward(DType dt, const void* lp, const void* ref, void* out, int64_t n, int kind,
                 bool straight, double clamp, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, n);
   CRS_DISPATCH_FLOAT(dt, CRS_DISPATCH_KIND(kind, straight, (kl_fwd_impl<KIND, STRAIGHT>)(static_cast<const scalar_t*>(lp),
                                                                    static_cast<const scalar_t*>(ref),
                                                                    static_cast<scalar_t*>(out), n,
@@ -83,7 +83,7 @@ void kl_forward(DType dt, const void* lp, const void* ref, void* out, int64_t n,
 
 void kl_backward(DType dt, const void* grad, const void* lp, const void* ref, void* grad_lp,
                  int64_t n, int kind, bool straight, double clamp, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, n);
   CRS_DISPATCH_FLOAT(dt, CRS_DISPATCH_KIND(kind, straight, (kl_bwd_impl<KIND, STRAIGHT>)(static_cast<const scalar_t*>(grad),
                                                                    static_cast<const scalar_t*>(lp),
                                                                    static_cast<const scalar_t*>(ref),

@@ -80,7 +80,7 @@ void bwd_impl(const T* Z, const int64_t* labels, const acc_t<T>* GLP,
 void logprobs_forward(DType dt, const void* logits, const int64_t* labels, void* lp, void* ent,
                       void* lse, int64_t N, int64_t V, double inv_tau, int64_t ignore_index,
                       int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, N * V);
   CRS_DISPATCH_FLOAT(dt, {
     using A = acc_t<scalar_t>;
     fwd_impl(static_cast<const scalar_t*>(logits), labels, static_cast<A*>(lp),
@@ -91,7 +91,7 @@ void logprobs_forward(DType dt, const void* logits, const int64_t* labels, void*
 void logprobs_backward(DType dt, const void* logits, const int64_t* labels, const void* g_lp,
                        const void* g_ent, const void* lse, const void* ent, void* grad_logits,
                        int64_t N, int64_t V, double inv_tau, int64_t ignore_index, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, N * V);
   CRS_DISPATCH_FLOAT(dt, {
     using A = acc_t<scalar_t>;
     bwd_impl(static_cast<const scalar_t*>(logits), labels, static_cast<const A*>(g_lp),
@@ -183,7 +183,7 @@ void block_grad(A* z, int64_t ldz, const int64_t* labels, const A* GLP, const A*
 void logprobs_block_update(DType dt, const void* z, int64_t ldz, const int64_t* labels, void* m,
                            void* s, void* w, void* zy, int64_t N, int64_t C, int64_t v0,
                            double inv_tau, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, N * C);
   CRS_DISPATCH_ACC(dt, block_update(static_cast<const A*>(z), ldz, labels, static_cast<A*>(m),
                                     static_cast<A*>(s), static_cast<A*>(w), static_cast<A*>(zy), N,
                                     C, v0, inv_tau, nt));
@@ -192,7 +192,7 @@ void logprobs_block_update(DType dt, const void* z, int64_t ldz, const int64_t* 
 void logprobs_block_finish(DType dt, const int64_t* labels, const void* m, const void* s,
                            const void* w, const void* zy, void* lp, void* ent, void* lse,
                            int64_t N, int64_t V, int64_t ignore_index, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, N);
   CRS_DISPATCH_ACC(dt, block_finish(labels, static_cast<const A*>(m), static_cast<const A*>(s),
                                     static_cast<const A*>(w), static_cast<const A*>(zy),
                                     static_cast<A*>(lp), static_cast<A*>(ent), static_cast<A*>(lse),
@@ -203,7 +203,7 @@ void logprobs_block_grad(DType dt, void* z, int64_t ldz, const int64_t* labels, 
                          const void* g_ent, const void* lse, const void* ent, int64_t N,
                          int64_t C, int64_t v0, double inv_tau, int64_t ignore_index,
                          int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, N * C);
   CRS_DISPATCH_ACC(dt, block_grad(static_cast<A*>(z), ldz, labels, static_cast<const A*>(g_lp),
                                   static_cast<const A*>(g_ent), static_cast<const A*>(lse),
                                   static_cast<const A*>(ent), N, C, v0, inv_tau, ignore_index, nt));

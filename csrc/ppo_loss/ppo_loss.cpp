@@ -233,7 +233,7 @@ void value_bwd(double grad, const T* v, const T* old, const T* ret, const uint8_
 PolicyStats policy_loss_forward(DType dt, const void* lp, const void* old_lp, const void* adv,
                                 const uint8_t* mask, int64_t B, int64_t T, double clip_low,
                                 double clip_high, double dual_clip, int agg, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   const PolicyParams p{clip_low, clip_high, dual_clip};
   PolicyStats s{};
   CRS_DISPATCH_FLOAT(dt, s = policy_fwd(static_cast<const scalar_t*>(lp),
@@ -246,7 +246,7 @@ void policy_loss_backward(DType dt, double grad, const void* lp, const void* old
                           const void* adv, const uint8_t* mask, void* grad_lp, int64_t B,
                           int64_t T, double clip_low, double clip_high, double dual_clip, int agg,
                           int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   const PolicyParams p{clip_low, clip_high, dual_clip};
   CRS_DISPATCH_FLOAT(dt, policy_bwd(grad, static_cast<const scalar_t*>(lp),
                                     static_cast<const scalar_t*>(old_lp),
@@ -257,7 +257,7 @@ void policy_loss_backward(DType dt, double grad, const void* lp, const void* old
 ValueStats value_loss_forward(DType dt, const void* v, const void* old_v, const void* ret,
                               const uint8_t* mask, int64_t B, int64_t T, double clip, int agg,
                               int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   ValueStats s{};
   CRS_DISPATCH_FLOAT(dt, s = value_fwd(static_cast<const scalar_t*>(v),
                                        static_cast<const scalar_t*>(old_v),
@@ -269,7 +269,7 @@ ValueStats value_loss_forward(DType dt, const void* v, const void* old_v, const 
 void value_loss_backward(DType dt, double grad, const void* v, const void* old_v, const void* ret,
                          const uint8_t* mask, void* grad_v, int64_t B, int64_t T, double clip,
                          int agg, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   CRS_DISPATCH_FLOAT(dt, value_bwd(grad, static_cast<const scalar_t*>(v),
                                    static_cast<const scalar_t*>(old_v),
                                    static_cast<const scalar_t*>(ret), mask,

@@ -33,7 +33,7 @@ void token_rewards_impl(const T* S, const T* KL, const uint8_t* M, T* out, int64
 void token_rewards(DType dt, const void* scores, const void* kl, const uint8_t* mask, void* out,
                    int64_t B, int64_t T, double beta, double clip_lo, double clip_hi,
                    int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * T);
   CRS_DISPATCH_FLOAT(dt, token_rewards_impl(static_cast<const scalar_t*>(scores),
                                             static_cast<const scalar_t*>(kl), mask,
                                             static_cast<scalar_t*>(out), B, T, beta, clip_lo,

@@ -10,7 +10,7 @@ namespace crs {
 void topk_block_merge(const float* s, int64_t lds, const float* bias, const int64_t* excl,
                       int64_t m, float* vals, int64_t* idx, int64_t B, int64_t C, int64_t v0,
                       int64_t k, int nthreads) {
-  const int nt = threads(nthreads);
+  const int nt = threads(nthreads, B * C);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     const float* row = s + b * lds;
