@@ -34,8 +34,9 @@ def run_case(benchmark):
         if provider not in case.providers:
             pytest.skip(case.unavailable.get(provider, f"{provider} has no implementation of {op}"))
         benchmark.group = f"{op} {case.shape}"
-        benchmark.extra_info.update(op=op, shape=case.shape, size=case.size, bytes=case.bytes, flops=case.flops,
-                                    provider=provider)
+        benchmark.extra_info.update(
+            op=op, shape=case.shape, size=case.size, bytes=case.bytes, flops=case.flops, provider=provider
+        )
         benchmark.pedantic(case.providers[provider], warmup_rounds=1, rounds=5 if QUICK else 20, iterations=1)
 
     return run

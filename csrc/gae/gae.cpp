@@ -13,6 +13,17 @@ namespace {
 
 // Mean and 1/std of x over mask (verl: unbiased var, rsqrt(var + 1e-8);
 // OpenRLHF: biased var, rsqrt(max(var, 1e-8))). n == 0 leaves x as it is (mean 0, rstd 1).
+// mean and 1/std from sum, sum of squares and count (double); see whiten_stats.
+void stats_from_sums(double sum, double sq, double cnt, bool unbiased, bool clamp_eps, double* mean_out,
+                     double* rstd_out) {
+  if (cnt == 0.0) { *mean_out = 0.0; *rstd_out = 1.0; return; }
+  const double mean = sum / cnt;
+  double var = std::max(sq / cnt - mean * mean, 0.0);
+  if (unbiased && cnt > 1.0) var *= cnt / (cnt - 1.0);
+  *mean_out = mean;
+  *rstd_out = clamp_eps ? 1.0 / std::sqrt(std::max(var, 1e-8)) : 1.0 / std::sqrt(var + 1e-8);
+}
+
 template <typename A>
 void whiten_stats(const A* x, const uint8_t* mask, int64_t n, bool unbiased, bool clamp_eps,
                   int nt, double* mean_out, double* rstd_out) {
@@ -48,8 +59,11 @@ void gae_impl(const T* R, const T* V, const uint8_t* M, T* adv, T* ret, int64_t 
     scratch.reset(new A[n]);
     abuf = scratch.get();
   }
+  // the whitening sums are accumulated during the scan (double, per row), saving two passes
+  std::vector<double> row_sum(B, 0.0), row_sq(B, 0.0), row_n(B, 0.0);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
+    double sum = 0.0, sq = 0.0, cnt = 0.0;
     const T* r = R + b * T_;
     const T* v = V + b * T_;
     const uint8_t* m = M + b * T_;
@@ -60,7 +74,7 @@ void gae_impl(const T* R, const T* V, const uint8_t* M, T* adv, T* ret, int64_t 
       for (int64_t t = T_ - 1; t >= 0; --t) {
         const A vt = to_float(v[t]);
         const A cand = to_float(r[t]) + gamma * next_v - vt + gl * last_a;
-        if (m[t]) { next_v = vt; last_a = cand; }
+        if (m[t]) { next_v = vt; last_a = cand; sum += last_a; sq += double(last_a) * last_a; cnt += 1; }
         a[t] = last_a;
         rt[t] = from_float<T>(last_a + vt);
       }
@@ -77,12 +91,17 @@ void gae_impl(const T* R, const T* V, const uint8_t* M, T* adv, T* ret, int64_t 
         next_v = vt;
         a[t] = last_a;
         rt[t] = from_float<T>(last_a + vt);
+        if (m[t]) { sum += last_a; sq += double(last_a) * last_a; cnt += 1; }
       }
     }
+    row_sum[b] = sum; row_sq[b] = sq; row_n[b] = cnt;
   }
   double mean = 0.0, rstd = 1.0;
-  if (whiten) whiten_stats(abuf, M, n, mode != GaeMode::OpenRLHF, mode == GaeMode::OpenRLHF, nt,
-                           &mean, &rstd);
+  if (whiten) {
+    double sum = 0.0, sq = 0.0, cnt = 0.0;
+    for (int64_t b = 0; b < B; ++b) { sum += row_sum[b]; sq += row_sq[b]; cnt += row_n[b]; }
+    stats_from_sums(sum, sq, cnt, mode != GaeMode::OpenRLHF, mode == GaeMode::OpenRLHF, &mean, &rstd);
+  }
   const bool zero_pad = mode == GaeMode::Trl;
   const A am = static_cast<A>(mean), ar = static_cast<A>(rstd);
 #pragma omp parallel for num_threads(nt) schedule(static)
