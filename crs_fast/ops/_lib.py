@@ -48,8 +48,11 @@ def nthreads() -> int:
 
 
 def as_mask(mask: torch.Tensor) -> torch.Tensor:
-    """A contiguous uint8 view of ``mask != 0``."""
-    return mask.ne(0).contiguous().view(torch.uint8)
+    """Contiguous bytes whose nonzero entries are the mask's: bool and 8-bit masks are viewed as
+    they are (the kernels test ``!= 0``), other dtypes compared with 0."""
+    if mask.dtype in (torch.bool, torch.uint8, torch.int8):
+        return mask.contiguous().view(torch.uint8)
+    return mask.ne(0).view(torch.uint8)
 
 
 def _why_not(backend: str, device: torch.device) -> str:
