@@ -184,6 +184,8 @@ def _plots(result: dict, stem: pathlib.Path) -> list[pathlib.Path]:
                     ax.plot(*zip(*pts, strict=True), marker="o", label=f"vs {base}")
                 ax.axhline(1.0, color="grey", lw=0.8, ls="--")
                 ax.set_ylabel("crs_fast speedup (x)")
+                if max((v for r in mine for v in r.get("speedup_vs", {}).values()), default=1) > 30:
+                    ax.set_yscale("log")
             else:
                 for prov in sorted({r["provider"] for r in rows if r["op"] == op}):
                     pts = sorted(
@@ -207,6 +209,11 @@ def _plots(result: dict, stem: pathlib.Path) -> list[pathlib.Path]:
         plt.close(fig)
         out.append(path)
     return out
+
+
+def replot(json_path: pathlib.Path) -> list[pathlib.Path]:
+    """Redraw the PNG plots of a results file."""
+    return _plots(json.loads(json_path.read_text()), json_path.with_suffix(""))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
