@@ -54,8 +54,9 @@ upstream-test: $(STAMP)
 	cd $(UPSTREAM)/verl-$(VERL_VERSION) && CRS_FAST_PATCH=verl PYTHONPATH=$(CURDIR)/tests/upstream \
 		$(CURDIR)/$(VENV)/bin/pytest -q -p crs_fast_patch_plugin -p no:cacheprovider $(VERL_TESTS)
 
+# The full benchmark suite on this machine (bench/results/<machine>-<date>.*); `make bench ARGS=--quick`.
 bench: $(STAMP)
-	$(PY) bench/bench_core.py
+	cd bench/.. && $(PY) -m bench.run $(ARGS)
 
 clean:
 	rm -rf build $(VENV)
