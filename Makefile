@@ -31,7 +31,7 @@ $(PY):
 $(STAMP): $(PY) $(SOURCES)
 	$(if $(TORCH_SPEC),$(PIP) install -q "$(TORCH_SPEC)")
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12"
-	$(PIP) install -q --no-build-isolation ".[test,parity]"
+	$(PIP) install -q --no-build-isolation ".[test,parity,bench]"
 	$(PIP) install -q --no-deps $(NODEPS_FRAMEWORKS)
 	touch $@
 
