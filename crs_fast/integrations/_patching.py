@@ -125,6 +125,24 @@ class Patcher:
                 self.unpatch()
 
 
+def public_api(patcher: Patcher, framework: str) -> tuple[Callable, Callable, Callable]:
+    """The ``patch``, ``unpatch`` and ``patched`` functions of one framework's module."""
+
+    def patch(allow_untested: bool = False) -> list[str]:
+        return patcher.patch(allow_untested)
+
+    def unpatch() -> None:
+        patcher.unpatch()
+
+    def patched(allow_untested: bool = False) -> contextlib.AbstractContextManager[list[str]]:
+        return patcher.patched(allow_untested)
+
+    patch.__doc__ = f"Patch {framework} (a second call does nothing); returns the names replaced."
+    unpatch.__doc__ = f"Restore {framework}'s original objects exactly."
+    patched.__doc__ = f"Context manager: {framework} patched inside the block, restored after."
+    return patch, unpatch, patched
+
+
 def group_ids(index: Any) -> list[int]:
     """Dense integer ids for arbitrary hashable group labels (verl passes numpy object arrays)."""
     mapping: dict[Any, int] = {}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import ops
-from ._patching import Patcher
+from ._patching import Patcher, public_api
 
 _UTILS = "openrlhf.models.utils"
 _LOSS = "openrlhf.models.loss"
@@ -153,16 +153,4 @@ _PATCHER = Patcher(
 )
 
 
-def patch(allow_untested: bool = False) -> list[str]:
-    """Patch OpenRLHF (a second call does nothing); returns the replaced names."""
-    return _PATCHER.patch(allow_untested)
-
-
-def unpatch() -> None:
-    """Restore OpenRLHF's original functions and methods."""
-    _PATCHER.unpatch()
-
-
-def patched(allow_untested: bool = False):
-    """Context manager: OpenRLHF patched inside the block, restored after."""
-    return _PATCHER.patched(allow_untested)
+patch, unpatch, patched = public_api(_PATCHER, "OpenRLHF")

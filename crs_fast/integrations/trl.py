@@ -10,7 +10,7 @@ Index tensors of shape [..., K] (several log-probs per row) run TRL's own code.
 import torch
 
 from .. import ops
-from ._patching import Patcher
+from ._patching import Patcher, public_api
 
 _UTILS = "trl.trainer.utils"
 
@@ -73,16 +73,4 @@ _PATCHER = Patcher(
 )
 
 
-def patch(allow_untested: bool = False) -> list[str]:
-    """Patch TRL (a second call does nothing); returns the replaced names."""
-    return _PATCHER.patch(allow_untested)
-
-
-def unpatch() -> None:
-    """Restore TRL's original functions."""
-    _PATCHER.unpatch()
-
-
-def patched(allow_untested: bool = False):
-    """Context manager: TRL patched inside the block, restored after."""
-    return _PATCHER.patched(allow_untested)
+patch, unpatch, patched = public_api(_PATCHER, "TRL")

@@ -23,7 +23,7 @@ import torch
 
 from .. import ops
 from ..ops import reference
-from ._patching import Patcher, group_ids
+from ._patching import Patcher, group_ids, public_api
 
 _CORE = "verl.trainer.ppo.core_algos"
 _F = "verl.utils.torch_functional"
@@ -277,16 +277,4 @@ _PATCHER = Patcher(
 )
 
 
-def patch(allow_untested: bool = False) -> list[str]:
-    """Patch verl (a second call does nothing); returns the replaced names."""
-    return _PATCHER.patch(allow_untested)
-
-
-def unpatch() -> None:
-    """Restore verl's original functions, registry entries and method."""
-    _PATCHER.unpatch()
-
-
-def patched(allow_untested: bool = False):
-    """Context manager: verl patched inside the block, restored after."""
-    return _PATCHER.patched(allow_untested)
+patch, unpatch, patched = public_api(_PATCHER, "verl")
