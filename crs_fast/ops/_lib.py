@@ -55,36 +55,49 @@ def as_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask.ne(0).view(torch.uint8)
 
 
-def _why_not(backend: str, device: torch.device) -> str:
-    """Empty if ``backend`` can run on ``device``, else the reason it cannot."""
+# Ops with Triton kernels so far (crs_fast/kernels/triton); the others run "cpu" or "torch".
+TRITON_OPS = frozenset({"kl_penalty", "ppo_policy_loss", "ppo_value_loss", "token_logprobs"})
+
+
+def _why_not(backend: str, device: torch.device, op: str = "") -> str:
+    """Empty if ``backend`` can run ``op`` on ``device``, else the reason it cannot."""
     if backend == "torch":
         return ""
+    if backend == "triton":
+        if op and op not in TRITON_OPS:
+            return f"no Triton kernel for {op} yet"
+        from ..kernels.triton import unavailable
+
+        return unavailable(device.type)
     if backend == "cpu":
         if _C is None:
             return _C_ERROR
         if device.type != "cpu":
             return f"it runs CPU tensors and these are on {device}"
         return ""
-    if backend in ("triton", "cuda"):
+    if backend == "cuda":
         if device.type != "cuda":
             return f"it runs CUDA tensors and these are on {device}"
-        return f"this build of crs_fast has no {backend} kernels yet"
+        return "this build of crs_fast has no CUDA C++ kernels yet"
     return "no such backend"
 
 
-def resolve_backend(requested: str, device: torch.device) -> str:
-    """The backend to run: ``requested`` ("" for automatic), else ``CRS_FAST_BACKEND``."""
+def resolve_backend(requested: str, device: torch.device, op: str = "") -> str:
+    """The backend to run ``op``: ``requested`` ("" for automatic), else ``CRS_FAST_BACKEND``.
+    Automatic: the C++ kernels for CPU tensors, Triton for CUDA tensors where the op has a
+    kernel (no CUDA C++ kernels exist yet to compare with), else the reference."""
     choice = requested or os.environ.get("CRS_FAST_BACKEND", "") or "auto"
-    if choice == "auto":
-        return "cpu" if not _why_not("cpu", device) else "torch"
+    if choice == "auto":  # Triton's CPU interpreter is for tests, never an automatic choice
+        preferred = ("cpu",) if device.type == "cpu" else ("triton",)
+        return next((b for b in preferred if not _why_not(b, device, op)), "torch")
     if choice not in BACKENDS:
         source = "backend=" if requested else "CRS_FAST_BACKEND"
         raise ValueError(f"{source} must be one of {BACKENDS} or 'auto', got {choice!r}")
-    reason = _why_not(choice, device)
+    reason = _why_not(choice, device, op)
     if reason:
-        lines = [f"backend {choice!r} cannot run these inputs ({device}):"]
+        lines = [f"backend {choice!r} cannot run {op or 'these inputs'} ({device}):"]
         for name in BACKENDS:
-            why = _why_not(name, device)
+            why = _why_not(name, device, op)
             lines.append(f"  {name}: {why or 'available'}")
         raise BackendUnavailableError("\n".join(lines))
     return choice

@@ -78,7 +78,7 @@ def gae(
     V.non_empty("rewards", rewards)
     gamma, lam = V.unit_interval("gamma", gamma), V.unit_interval("lam", lam)
     V.choice("mode", mode, tuple(_GAE_MODES))
-    be = resolve_backend(check_backend_arg(backend), rewards.device)
+    be = resolve_backend(check_backend_arg(backend), rewards.device, "gae")
     if be == "torch":
         return reference.gae(rewards, values, mask, gamma=gamma, lam=lam, mode=mode, whiten=bool(whiten))
     return call(_gae_op, rewards, values, mask, gamma, lam, mode, bool(whiten), be)
@@ -115,7 +115,7 @@ def masked_whiten(
     V.same_shape("values", values, mask=mask)
     V.same_device("values", values, mask=mask)
     V.non_empty("values", values)
-    be = resolve_backend(check_backend_arg(backend), values.device)
+    be = resolve_backend(check_backend_arg(backend), values.device, "masked_whiten")
     if be == "torch":
         return reference.masked_whiten(values, mask, shift_mean=bool(shift_mean), unbiased=bool(unbiased))
     return call(_whiten_op, values, mask, bool(shift_mean), bool(unbiased), be)
@@ -144,7 +144,7 @@ def reinforce_returns(
     V.same_device("rewards", rewards, mask=mask)
     V.non_empty("rewards", rewards)
     gamma = V.unit_interval("gamma", gamma)
-    be = resolve_backend(check_backend_arg(backend), rewards.device)
+    be = resolve_backend(check_backend_arg(backend), rewards.device, "reinforce_returns")
     if be == "torch":
         return reference.reinforce_returns(rewards, mask, gamma=gamma)
     return call(_reinforce_op, rewards, mask, gamma, be)
@@ -193,7 +193,7 @@ def group_advantages(
         V.mask_tensor("mask", mask)
         if mask.dim() != 2 or mask.shape[0] != scores.shape[0]:
             raise ValueError(f"`mask` must have shape [B, T] with B = {scores.shape[0]}, got {list(mask.shape)}")
-    be = resolve_backend(check_backend_arg(backend), scores.device)
+    be = resolve_backend(check_backend_arg(backend), scores.device, "group_advantages")
     if be == "torch":
         adv = reference.group_advantages(scores, group_ids, mode=mode, eps=eps, norm_by_std=bool(norm_by_std))
     else:

@@ -28,8 +28,12 @@ def _codes(kind: str, clamp: float | None) -> tuple[int, bool, float]:
 @torch.library.custom_op("crs_fast::kl_penalty", mutates_args=())
 def _kl_op(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float | None, backend: str) -> torch.Tensor:
     a, b = logp.contiguous(), ref_logp.contiguous()
-    out = empty(a.shape, a)
     k, straight, c = _codes(kind, clamp)
+    if backend == "triton":
+        from ..kernels.triton import kl as tk
+
+        return tk.kl_forward(a, b, k, straight, c)
+    out = empty(a.shape, a)
     _C.kl_forward(dtype_code(a), ptr(a), ptr(b), ptr(out), a.numel(), k, straight, c, nthreads())
     return out
 
@@ -44,8 +48,12 @@ def _kl_bwd_op(
     grad: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float | None, backend: str
 ) -> torch.Tensor:
     g, a, b = grad.contiguous(), logp.contiguous(), ref_logp.contiguous()
-    out = empty(a.shape, a)
     k, straight, c = _codes(kind, clamp)
+    if backend == "triton":
+        from ..kernels.triton import kl as tk
+
+        return tk.kl_backward(g, a, b, k, straight, c)
+    out = empty(a.shape, a)
     _C.kl_backward(dtype_code(a), ptr(g), ptr(a), ptr(b), ptr(out), a.numel(), k, straight, c, nthreads())
     return out
 
@@ -95,7 +103,7 @@ def kl_penalty(
     V.choice("kind", kind, KL_KINDS)
     if clamp is not None:
         clamp = V.number("clamp", clamp, min_value=0.0)
-    be = resolve_backend(check_backend_arg(backend), logp.device)
+    be = resolve_backend(check_backend_arg(backend), logp.device, "kl_penalty")
     if be == "torch":
         return reference.kl_penalty(logp, ref_logp, kind=kind, clamp=clamp)
     return call_autograd(_kl_op, _EAGER_KL_OP, logp, ref_logp, kind, clamp, be)

@@ -164,7 +164,7 @@ def linear_logprobs(
     temperature = V.number("temperature", temperature, min_value=0.0, strict=True)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    be = resolve_backend(check_backend_arg(backend), hidden.device)
+    be = resolve_backend(check_backend_arg(backend), hidden.device, "linear_logprobs")
     if be == "torch":
         check_labels(labels, weight.shape[0], ignore_index)
         lp, ent = reference.linear_logprobs(hidden, weight, labels, temperature=temperature, ignore_index=ignore_index)

@@ -39,6 +39,10 @@ def _lp_op(
     y = labels.reshape(-1).to(torch.int64).contiguous()
     check_labels(y, vocab, ignore_index)
     acc = acc_dtype(logits)
+    if backend == "triton":
+        from ..kernels.triton import logprobs as tk
+
+        return tuple(x.to(acc).view(labels.shape) for x in tk.forward(z, y, 1.0 / temperature, ignore_index))
     lp, ent, lse = (empty(labels.shape, logits, acc) for _ in range(3))
     _C.logprobs_forward(
         dtype_code(z),
@@ -80,6 +84,13 @@ def _lp_bwd_op(
     acc = acc_dtype(logits)
     glp = torch.zeros_like(lse) if grad_lp is None else grad_lp.to(acc).contiguous()
     gent = None if grad_ent is None else grad_ent.to(acc).contiguous()
+    if backend == "triton":
+        from ..kernels.triton import logprobs as tk
+
+        flat = [t.reshape(-1).float().contiguous() for t in (glp, lse, ent)]
+        gent_f = None if gent is None else gent.reshape(-1).float().contiguous()
+        g = tk.backward(z, y, flat[0], gent_f, flat[1], flat[2], 1.0 / temperature, ignore_index)
+        return g.view(logits.shape)
     out = empty(logits.shape, logits)
     _C.logprobs_backward(
         dtype_code(z),
@@ -150,7 +161,7 @@ def token_logprobs(
     temperature = V.number("temperature", temperature, min_value=0.0, strict=True)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
-    be = resolve_backend(check_backend_arg(backend), logits.device)
+    be = resolve_backend(check_backend_arg(backend), logits.device, "token_logprobs")
     if be == "torch":
         check_labels(labels, logits.shape[-1], ignore_index)
         lp, ent = reference.token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index)

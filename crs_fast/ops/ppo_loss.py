@@ -46,6 +46,11 @@ def _policy_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
     B, T = lp.shape
+    if backend == "triton":
+        from ..kernels.triton import ppo_loss as tk
+
+        stats = tk.losses_forward(True, lp, old, adv, m, agg, clip_low, clip_high, _dual(dual_clip))
+        return tuple(_scalar(x, lp) for x in stats)
     loss, cf, cfl, kl = _C.policy_loss_forward(
         dtype_code(lp),
         ptr(lp),
@@ -82,6 +87,10 @@ def _policy_bwd_op(
     backend: str,
 ) -> torch.Tensor:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
+    if backend == "triton":
+        from ..kernels.triton import ppo_loss as tk
+
+        return tk.losses_backward(True, float(grad), lp, old, adv, m, agg, clip_low, clip_high, _dual(dual_clip))
     out = empty(lp.shape, lp)
     B, T = lp.shape
     _C.policy_loss_backward(
@@ -159,7 +168,7 @@ def ppo_policy_loss(
     if dual_clip is not None:
         dual_clip = V.number("dual_clip", dual_clip, min_value=1.0, strict=True)
     V.choice("agg", agg, AGG_MODES)
-    be = resolve_backend(check_backend_arg(backend), logp.device)
+    be = resolve_backend(check_backend_arg(backend), logp.device, "ppo_policy_loss")
     if be == "torch":
         return reference.ppo_policy_loss(
             logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, agg=agg
@@ -186,6 +195,10 @@ def _value_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     B, T = v.shape
+    if backend == "triton":
+        from ..kernels.triton import ppo_loss as tk
+
+        return tuple(_scalar(x, v) for x in tk.losses_forward(False, v, old, ret, m, agg, eps=_clip(clip)))
     loss, cf = _C.value_loss_forward(
         dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, _clip(clip), _AGG[agg], nthreads()
     )
@@ -209,6 +222,10 @@ def _value_bwd_op(
     backend: str,
 ) -> torch.Tensor:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
+    if backend == "triton":
+        from ..kernels.triton import ppo_loss as tk
+
+        return tk.losses_backward(False, float(grad), v, old, ret, m, agg, eps=_clip(clip))
     out = empty(v.shape, v)
     B, T = v.shape
     _C.value_loss_backward(
@@ -272,7 +289,7 @@ def ppo_value_loss(
     if clip is not None:
         clip = V.number("clip", clip, min_value=0.0)
     V.choice("agg", agg, AGG_MODES)
-    be = resolve_backend(check_backend_arg(backend), values.device)
+    be = resolve_backend(check_backend_arg(backend), values.device, "ppo_value_loss")
     if be == "torch":
         return reference.ppo_value_loss(values, old_values, returns, mask, clip=clip, agg=agg)
     loss, cf = call_autograd(_value_op, _EAGER_VALUE_OP, values, old_values, returns, mask, clip, agg, be)

@@ -62,7 +62,7 @@ def token_rewards(
     else:
         hi = V.number("clip", clip, min_value=0.0)
         lo = -hi
-    be = resolve_backend(check_backend_arg(backend), kl.device)
+    be = resolve_backend(check_backend_arg(backend), kl.device, "token_rewards")
     if be == "torch":
         return reference.token_rewards(scores, kl, mask, beta=beta, clip=None if clip is None else (lo, hi))
     return call(_rewards_op, scores, kl, mask, beta, lo, hi, be)

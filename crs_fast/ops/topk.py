@@ -92,7 +92,7 @@ def topk_scores(
             raise ValueError(f"`exclude` must have {queries.shape[0]} rows, got {list(exclude.shape)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    be = resolve_backend(check_backend_arg(backend), queries.device)
+    be = resolve_backend(check_backend_arg(backend), queries.device, "topk_scores")
     if be == "torch":
         return reference.topk_scores(queries, items, k=k, bias=bias, exclude=exclude)
     chunk = chunk_size or default_chunk(queries.shape[0])

@@ -19,14 +19,15 @@ def test_tests_use_the_installed_package():
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_unavailable_backend_lists_every_backend(backend):
+def test_unavailable_backend_lists_every_backend(backend, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the Triton tests' interpreter would run it
     x = torch.zeros(2, 3)
     with pytest.raises(cf.BackendUnavailableError) as info:
         cf.kl_penalty(x, x, backend=backend)
     msg = str(info.value)
     for name in cf.BACKENDS:
         assert f"  {name}:" in msg
-    assert "CUDA tensors" in msg
+    assert "CUDA tensors" in msg or "triton is not installed" in msg
 
 
 def test_unknown_backend():

@@ -1,0 +1,154 @@
+"""PPO policy and value losses: one program per row walks its tokens in blocks and writes the
+row's partial sums (loss, clip, lower clip, kl, tokens); the tiny aggregation over rows is done
+in float64 by the launcher. The backward pass writes ``w[row] * d loss_t / d x_t``."""
+
+import torch
+import triton
+import triton.language as tl
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+BLOCK = 512
+
+
+@triton.jit
+def _policy_point(lp, old, a, lo, hi, dual):
+    d = lp - old
+    r = tl.exp(tl.minimum(tl.maximum(d, -20.0), 20.0))
+    dr = tl.where((d >= -20.0) & (d <= 20.0), r, 0.0)
+    l1 = -a * r
+    l2 = -a * tl.minimum(tl.maximum(r, 1.0 - lo), 1.0 + hi)
+    first = l1 >= l2
+    c1 = tl.where(first, l1, l2)
+    g = tl.where(first, -a * dr, 0.0)
+    l3 = -dual * a
+    lower = (dual > 0) & (a < 0) & (c1 > l3)
+    return tl.where(lower, l3, c1), tl.where(lower, 0.0, g), tl.where(l2 > l1, 1.0, 0.0), tl.where(lower, 1.0, 0.0)
+
+
+@triton.jit
+def _value_point(v, old, ret, eps):
+    d1 = v - ret
+    vc = tl.maximum(tl.minimum(v, old + eps), old - eps)
+    d2 = vc - ret
+    l1 = d1 * d1
+    l2 = d2 * d2
+    first = l1 >= l2
+    return tl.where(first, l1, l2), tl.where(first, 2.0 * d1, 0.0), tl.where(l2 > l1, 1.0, 0.0)
+
+
+@triton.jit
+def _rows_fwd(x_ptr, y_ptr, z_ptr, m_ptr, part_ptr, T, p0, p1, p2, POLICY: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    acc_c = tl.zeros((BLOCK,), tl.float32)
+    acc_l = tl.zeros((BLOCK,), tl.float32)
+    acc_k = tl.zeros((BLOCK,), tl.float32)
+    acc_n = tl.zeros((BLOCK,), tl.float32)
+    for t0 in range(0, T, BLOCK):
+        offs = t0 + tl.arange(0, BLOCK)
+        inb = offs < T
+        idx = row * T + offs
+        on = (tl.load(m_ptr + idx, mask=inb, other=0) != 0) & inb
+        x = tl.load(x_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        if POLICY:
+            loss, g, clip, low = _policy_point(x, y, z, p0, p1, p2)
+            acc_l += tl.where(on, low, 0.0)
+            acc_k += tl.where(on, y - x, 0.0)
+        else:
+            loss, g, clip = _value_point(x, y, z, p0)
+        acc += tl.where(on, loss, 0.0)
+        acc_c += tl.where(on, clip, 0.0)
+        acc_n += tl.where(on, 1.0, 0.0)
+    base = part_ptr + row * 5
+    tl.store(base + 0, tl.sum(acc, 0))
+    tl.store(base + 1, tl.sum(acc_c, 0))
+    tl.store(base + 2, tl.sum(acc_l, 0))
+    tl.store(base + 3, tl.sum(acc_k, 0))
+    tl.store(base + 4, tl.sum(acc_n, 0))
+
+
+@triton.jit
+def _rows_bwd(x_ptr, y_ptr, z_ptr, m_ptr, w_ptr, out_ptr, T, p0, p1, p2, POLICY: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    w = tl.load(w_ptr + row)
+    for t0 in range(0, T, BLOCK):
+        offs = t0 + tl.arange(0, BLOCK)
+        inb = offs < T
+        idx = row * T + offs
+        on = tl.load(m_ptr + idx, mask=inb, other=0) != 0
+        x = tl.load(x_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + idx, mask=inb, other=0.0).to(tl.float32)
+        if POLICY:
+            loss, g, clip, low = _policy_point(x, y, z, p0, p1, p2)
+        else:
+            loss, g, clip = _value_point(x, y, z, p0)
+        tl.store(out_ptr + idx, tl.where(on, w * g, 0.0).to(out_ptr.dtype.element_ty), mask=inb)
+
+
+def _weights(counts: torch.Tensor, T: int, agg: str) -> torch.Tensor:
+    """Each row's token weight in the aggregated loss (float64, [B])."""
+    c = counts.double()
+    rows = (c > 0).sum()
+    if agg == "token-mean":
+        n = c.sum()
+        return torch.where(n > 0, 1.0 / n.clamp(min=1), 0.0).expand_as(c).clone()
+    if agg == "seq-mean-token-mean":
+        return torch.where((c > 0) & (rows > 0), 1.0 / (c.clamp(min=1) * rows.clamp(min=1)), 0.0)
+    w = torch.where(rows > 0, 1.0 / rows.clamp(min=1), 0.0).expand_as(c).clone()
+    return w / T if agg == "seq-mean-token-sum-norm" else w
+
+
+def _params(policy: bool, lo: float, hi: float, dual: float, eps: float) -> tuple[float, float, float]:
+    if policy:
+        return lo, hi, dual
+    return (float("inf") if eps < 0 else eps), 0.0, 0.0
+
+
+def losses_forward(
+    policy: bool,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    z: torch.Tensor,
+    m: torch.Tensor,
+    agg: str,
+    lo: float = 0.0,
+    hi: float = 0.0,
+    dual: float = -1.0,
+    eps: float = -1.0,
+) -> tuple[float, ...]:
+    """(loss, clipfrac, clipfrac_lower, approx_kl) of the policy loss (x=lp, y=old, z=adv) or
+    (loss, clipfrac) of the value loss (x=v, y=old_v, z=returns); ``m`` uint8."""
+    B, T = x.shape
+    parts = torch.empty(B, 5, dtype=torch.float32, device=x.device)
+    _rows_fwd[(B,)](x, y, z, m, parts, T, *_params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
+    p = parts.double()
+    counts = p[:, 4]
+    loss = float((p[:, 0] * _weights(counts, T, agg)).sum())
+    denom = max(float(counts.sum()), 1.0)
+    if policy:
+        return loss, float(p[:, 1].sum()) / denom, float(p[:, 2].sum()) / denom, float(p[:, 3].sum()) / denom
+    return 0.5 * loss, float(p[:, 1].sum()) / denom
+
+
+def losses_backward(
+    policy: bool,
+    grad: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    z: torch.Tensor,
+    m: torch.Tensor,
+    agg: str,
+    lo: float = 0.0,
+    hi: float = 0.0,
+    dual: float = -1.0,
+    eps: float = -1.0,
+) -> torch.Tensor:
+    """Gradient of the policy loss w.r.t. lp, or of the value loss w.r.t. v."""
+    B, T = x.shape
+    w = _weights(m.ne(0).sum(dim=1), T, agg) * (grad if policy else 0.5 * grad)
+    out = torch.empty_like(x)
+    _rows_bwd[(B,)](x, y, z, m, w.float(), out, T, *_params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
+    return out

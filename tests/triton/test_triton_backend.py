@@ -1,0 +1,104 @@
+"""backend="triton" against the fp64 reference, under TRITON_INTERPRET=1 on CPU tensors: small
+shapes, fp32 and fp16 (bf16 data upcast to fp32: the interpreter's bf16 arithmetic is wrong)."""
+
+import pytest
+import torch
+from frameworks import require
+from helpers import check, grad_of, make_mask, rand
+
+import crs_fast as cf
+from crs_fast.ops import reference as R
+
+require("triton")
+
+DTYPES = [torch.float32, torch.float16, "bf16-upcast"]
+
+
+def _dt(dtype):
+    return (torch.bfloat16, torch.float32) if dtype == "bf16-upcast" else (dtype, dtype)
+
+
+def _x(*shape, dtype, gen, scale=1.0, noncontig=False):
+    data, compute = _dt(dtype)
+    return rand(*shape, dtype=data, gen=gen, scale=scale, noncontig=noncontig).to(compute)
+
+
+@pytest.mark.parametrize("kind", ["k1", "abs", "k2", "k3", "k3+", "k1+"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clamp", [None, 10.0])
+def test_kl(kind, dtype, clamp, gen):
+    lp, ref = _x(5, 37, dtype=dtype, gen=gen, scale=6.0, noncontig=True), _x(5, 37, dtype=dtype, gen=gen, scale=6.0)
+    low = _dt(dtype)[1]
+    out = cf.kl_penalty(lp, ref, kind=kind, clamp=clamp, backend="triton")
+    check(
+        out,
+        low,
+        R.kl_penalty(lp.double(), ref.double(), kind=kind, clamp=clamp),
+        R.kl_penalty(lp, ref, kind=kind, clamp=clamp, compute=low),
+    )
+    g = grad_of(lambda a: cf.kl_penalty(a, ref, kind=kind, clamp=clamp, backend="triton"), lp)[0]
+    g_o = grad_of(lambda a: R.kl_penalty(a, ref.double(), kind=kind, clamp=clamp), lp.double())[0]
+    g_l = grad_of(lambda a: R.kl_penalty(a, ref, kind=kind, clamp=clamp, compute=low), lp)[0]
+    check(g, low, g_o, g_l, what="grad")
+
+
+@pytest.mark.parametrize("agg", R.AGG_MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (4, 9), (3, 700)])
+def test_policy_and_value_loss(agg, dtype, shape, gen):
+    B, T = shape
+    low = _dt(dtype)[1]
+    lp = _x(B, T, dtype=dtype, gen=gen, scale=0.4)
+    old, adv = (lp.float() + rand(B, T, gen=gen, scale=0.3)).to(low), _x(B, T, dtype=dtype, gen=gen)
+    m = make_mask(B, T, gen=gen)
+    kw = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0, agg=agg)
+    loss, stats = cf.ppo_policy_loss(lp, old, adv, m, backend="triton", **kw)
+    o_loss, o_stats = R.ppo_policy_loss(lp.double(), old.double(), adv.double(), m, **kw)
+    l_loss, l_stats = R.ppo_policy_loss(lp, old, adv, m, compute=low, **kw)
+    check(loss, low, o_loss, l_loss, "reduction", "loss")
+    for key in o_stats:
+        check(stats[key], low, o_stats[key], l_stats[key], "reduction", key)
+    g = grad_of(lambda a: cf.ppo_policy_loss(a, old, adv, m, backend="triton", **kw)[0], lp)[0]
+    g_o = grad_of(lambda a: R.ppo_policy_loss(a, old.double(), adv.double(), m, **kw)[0], lp.double())[0]
+    g_l = grad_of(lambda a: R.ppo_policy_loss(a, old, adv, m, compute=low, **kw)[0], lp)[0]
+    check(g, low, g_o, g_l, "reduction", "grad")
+    ret = _x(B, T, dtype=dtype, gen=gen)
+    vl, vs = cf.ppo_value_loss(lp, old, ret, m, clip=0.2, agg=agg, backend="triton")
+    o_vl, o_vs = R.ppo_value_loss(lp.double(), old.double(), ret.double(), m, clip=0.2, agg=agg)
+    l_vl, l_vs = R.ppo_value_loss(lp, old, ret, m, clip=0.2, agg=agg, compute=low)
+    check(vl, low, o_vl, l_vl, "reduction", "value loss")
+    check(vs["clipfrac"], low, o_vs["clipfrac"], l_vs["clipfrac"], "reduction", "value clipfrac")
+    gv = grad_of(lambda a: cf.ppo_value_loss(a, old, ret, m, clip=0.2, agg=agg, backend="triton")[0], lp)[0]
+    gv_o = grad_of(lambda a: R.ppo_value_loss(a, old.double(), ret.double(), m, clip=0.2, agg=agg)[0], lp.double())[0]
+    gv_l = grad_of(lambda a: R.ppo_value_loss(a, old, ret, m, clip=0.2, agg=agg, compute=low)[0], lp)[0]
+    check(gv, low, gv_o, gv_l, "reduction", "value grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 769), (2, 3, 2100)])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs(dtype, shape, temperature, gen):
+    low = _dt(dtype)[1]
+    z = _x(*shape, dtype=dtype, gen=gen, scale=3.0)
+    y = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+    if y.numel() > 1:
+        y.view(-1)[0] = -100
+    lp, ent = cf.token_logprobs(z, y, temperature=temperature, entropy=True, backend="triton")
+    o_lp, o_ent = R.token_logprobs(z.double(), y, temperature=temperature)
+    l_lp, l_ent = R.token_logprobs(z, y, temperature=temperature, compute=low)
+    check(lp, low, o_lp, l_lp, "reduction", "logprobs")
+    check(ent, low, o_ent, l_ent, "reduction", "entropy")
+    assert (lp <= 0).all() and (ent >= 0).all()
+    w = [rand(*y.shape, gen=gen).double(), rand(*y.shape, gen=gen).double()]
+    g = grad_of(
+        lambda a: cf.token_logprobs(a, y, temperature=temperature, entropy=True, backend="triton"), z, weights=w
+    )[0]
+    g_o = grad_of(lambda a: R.token_logprobs(a, y, temperature=temperature), z.double(), weights=w)[0]
+    g_l = grad_of(lambda a: R.token_logprobs(a, y, temperature=temperature, compute=low), z, weights=w)[0]
+    check(g, low, g_o, g_l, "reduction", "grad")
+
+
+def test_ops_without_triton_kernels_say_so():
+    x = torch.zeros(2, 3)
+    with pytest.raises(cf.BackendUnavailableError, match="no Triton kernel for gae"):
+        cf.gae(x, x, x, backend="triton")
