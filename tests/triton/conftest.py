@@ -1,14 +1,15 @@
 """The Triton kernels run on CPU tensors through Triton's interpreter in these tests, which need
 TRITON_INTERPRET=1 set before Triton decorates any kernel: `make test` runs them in a pytest
 process of their own with it set (TRITON_INTERPRET=1 pytest tests/triton). Collected without
-it, they are deselected with a warning, neither run nor counted."""
+it (and without CRS_FAST_TEST_DEVICE=cuda, the GPU run), they are deselected with a warning,
+neither run nor counted."""
 
 import os
 import warnings
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("CRS_FAST_TEST_DEVICE") == "cuda":
         return
     mine = [item for item in items if "tests/triton/" in str(item.fspath).replace(os.sep, "/")]
     if mine:

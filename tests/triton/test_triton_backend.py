@@ -1,6 +1,8 @@
 """backend="triton" against the fp64 reference, under TRITON_INTERPRET=1 on CPU tensors: small
 shapes, fp32 and fp16 (bf16 data upcast to fp32: the interpreter's bf16 arithmetic is wrong)."""
 
+import os
+
 import pytest
 import torch
 from frameworks import require
@@ -10,6 +12,7 @@ import crs_fast as cf
 from crs_fast.ops import reference as R
 
 require("triton")
+DEVICE = os.environ.get("CRS_FAST_TEST_DEVICE", "cpu")  # cuda on a GPU machine (bench/gpu_check.sh)
 
 DTYPES = [torch.float32, torch.float16, "bf16-upcast"]
 
@@ -20,7 +23,7 @@ def _dt(dtype):
 
 def _x(*shape, dtype, gen, scale=1.0, noncontig=False):
     data, compute = _dt(dtype)
-    return rand(*shape, dtype=data, gen=gen, scale=scale, noncontig=noncontig).to(compute)
+    return rand(*shape, dtype=data, gen=gen, scale=scale, noncontig=noncontig).to(compute).to(DEVICE)
 
 
 @pytest.mark.parametrize("kind", ["k1", "abs", "k2", "k3", "k3+", "k1+"])
@@ -49,8 +52,8 @@ def test_policy_and_value_loss(agg, dtype, shape, gen):
     B, T = shape
     low = _dt(dtype)[1]
     lp = _x(B, T, dtype=dtype, gen=gen, scale=0.4)
-    old, adv = (lp.float() + rand(B, T, gen=gen, scale=0.3)).to(low), _x(B, T, dtype=dtype, gen=gen)
-    m = make_mask(B, T, gen=gen)
+    old, adv = (lp.float() + rand(B, T, gen=gen, scale=0.3).to(DEVICE)).to(low), _x(B, T, dtype=dtype, gen=gen)
+    m = make_mask(B, T, gen=gen).to(DEVICE)
     kw = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0, agg=agg)
     loss, stats = cf.ppo_policy_loss(lp, old, adv, m, backend="triton", **kw)
     o_loss, o_stats = R.ppo_policy_loss(lp.double(), old.double(), adv.double(), m, **kw)
@@ -83,13 +86,14 @@ def test_token_logprobs(dtype, shape, temperature, gen):
     y = torch.randint(0, shape[-1], shape[:-1], generator=gen)
     if y.numel() > 1:
         y.view(-1)[0] = -100
+    y = y.to(DEVICE)
     lp, ent = cf.token_logprobs(z, y, temperature=temperature, entropy=True, backend="triton")
     o_lp, o_ent = R.token_logprobs(z.double(), y, temperature=temperature)
     l_lp, l_ent = R.token_logprobs(z, y, temperature=temperature, compute=low)
     check(lp, low, o_lp, l_lp, "reduction", "logprobs")
     check(ent, low, o_ent, l_ent, "reduction", "entropy")
     assert (lp <= 0).all() and (ent >= 0).all()
-    w = [rand(*y.shape, gen=gen).double(), rand(*y.shape, gen=gen).double()]
+    w = [rand(*y.shape, gen=gen).double().to(DEVICE), rand(*y.shape, gen=gen).double().to(DEVICE)]
     g = grad_of(
         lambda a: cf.token_logprobs(a, y, temperature=temperature, entropy=True, backend="triton"), z, weights=w
     )[0]
