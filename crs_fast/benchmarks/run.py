@@ -77,7 +77,7 @@ def _memory(index: int, provider: str, args: argparse.Namespace) -> float | None
     return int(out.stdout.strip().splitlines()[-1]) / 2**20
 
 
-def _rows(case: Case, index: int, lim: dict, args: argparse.Namespace, progress) -> list[dict]:
+def _rows(case: Case, index: int, lim: dict, args: argparse.Namespace, memory: bool, progress) -> list[dict]:
     rows = []
     for name, fn in case.providers.items():
         progress(f"{case.op} {case.shape} {name}")
@@ -103,7 +103,7 @@ def _rows(case: Case, index: int, lim: dict, args: argparse.Namespace, progress)
         elif case.bytes:
             row["achieved_gb_s"] = case.bytes / med / 1e9
             row["fraction_of_limit"] = case.bytes / med / lim["copy_bytes_per_s"]
-        if args.memory and name != "torch.compile":
+        if memory and name != "torch.compile":
             row["peak_extra_mib"] = _memory(index, name, args)
         rows.append(row)
     by = {r["provider"]: r["median_ms"] for r in rows}
@@ -267,18 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{lim['matmul_fp32_flops'] / 1e9:.0f} GFLOP/s"
     )
     builders = all_cases(args.device, args.quick, args.ops)
-    if args.quick and args.memory:  # the memory path is exercised on one op in the smoke run
-        memory_ops = {"linear_logprobs"}
     rows = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarks", total=len(builders))
         for index, build in enumerate(builders):
             case = build()
-            saved = args.memory
-            if args.quick and args.memory:
-                args.memory = case.op in memory_ops
-            rows += _rows(case, index, lim, args, lambda text: progress.update(task, description=text))
-            args.memory = saved
+            # the quick smoke run exercises the memory path on one op only
+            memory = args.memory and (not args.quick or case.op == "linear_logprobs")
+            rows += _rows(case, index, lim, args, memory, lambda text: progress.update(task, description=text))
             progress.advance(task)
             del case
     name = args.name or (args.device if args.device == "cpu" else torch.cuda.get_device_name().replace(" ", "-"))
