@@ -23,6 +23,10 @@ def _gae_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r, v, m = rewards.contiguous(), values.contiguous(), as_mask(mask)
+    if backend == "triton":
+        from ..kernels.triton import gae as tk
+
+        return tk.gae(r, v, m, gamma, lam, mode, whiten)
     adv, ret = empty(r.shape, r), empty(r.shape, r)
     B, T = r.shape
     _C.gae(

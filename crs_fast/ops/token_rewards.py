@@ -18,6 +18,10 @@ def _rewards_op(
     backend: str,
 ) -> torch.Tensor:
     s, k, m = scores.to(kl.dtype).contiguous(), kl.contiguous(), as_mask(mask)
+    if backend == "triton":
+        from ..kernels.triton import token_rewards as tk
+
+        return tk.token_rewards(s, k, m, beta, clip_lo, clip_hi)
     out = empty(k.shape, k)
     _C.token_rewards(
         dtype_code(k), ptr(s), ptr(k), ptr(m), ptr(out), k.shape[0], k.shape[1], beta, clip_lo, clip_hi, nthreads()

@@ -104,5 +104,36 @@ def test_token_logprobs(dtype, shape, temperature, gen):
 
 def test_ops_without_triton_kernels_say_so():
     x = torch.zeros(2, 3)
-    with pytest.raises(cf.BackendUnavailableError, match="no Triton kernel for gae"):
-        cf.gae(x, x, x, backend="triton")
+    with pytest.raises(cf.BackendUnavailableError, match="no Triton kernel for topk_scores"):
+        cf.topk_scores(x, x, k=1, backend="triton")
+
+
+@pytest.mark.parametrize("mode", ["verl", "trl", "openrlhf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 33), (20, 70)])
+@pytest.mark.parametrize("whiten", [True, False])
+def test_gae(mode, dtype, shape, whiten, gen):
+    low = _dt(dtype)[1]
+    r, v = _x(*shape, dtype=dtype, gen=gen, noncontig=shape[1] > 1), _x(*shape, dtype=dtype, gen=gen)
+    m = make_mask(*shape, gen=gen).to(DEVICE)
+    kw = dict(gamma=0.97, lam=0.9, mode=mode, whiten=whiten)
+    adv, ret = cf.gae(r, v, m, backend="triton", **kw)
+    o_adv, o_ret = R.gae(r.double(), v.double(), m, **kw)
+    l_adv, l_ret = R.gae(r, v, m, compute=low, **kw)
+    check(ret, low, o_ret, l_ret, "reduction", "returns")
+    check(adv, low, o_adv, l_adv, "reduction", "advantages")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (6, 33), (3, 1500)])
+def test_token_rewards(dtype, shape, gen):
+    low = _dt(dtype)[1]
+    scores, kl = _x(shape[0], dtype=dtype, gen=gen, scale=3.0), _x(*shape, dtype=dtype, gen=gen)
+    m = make_mask(*shape, gen=gen).to(DEVICE)
+    out = cf.token_rewards(scores, kl, m, beta=0.05, clip=2.0, backend="triton")
+    check(
+        out,
+        low,
+        R.token_rewards(scores.double(), kl.double(), m, beta=0.05, clip=(-2.0, 2.0)),
+        R.token_rewards(scores, kl, m, beta=0.05, clip=(-2.0, 2.0), compute=low),
+    )
