@@ -1,4 +1,4 @@
-"""crs_fast: fused RLHF kernels (C++ CPU now; Triton and CUDA next) and an implicit-feedback
+"""crs_fast: fused RLHF kernels (C++ for the CPU, Triton for NVIDIA GPUs) and an implicit-feedback
 RLHF toolkit for LLM conversational recommenders. The ops are re-exported from crs_fast.ops."""
 
 from . import ops

@@ -1,8 +1,9 @@
 """Plumbing shared by the ops: the compiled module, dtype codes, raw pointers, backend choice.
 
 Backends: ``"cpu"`` (the C++ kernels of ``crs_fast._C``, CPU tensors), ``"torch"`` (the
-pure-PyTorch reference, any device), ``"triton"`` and ``"cuda"`` (GPU kernels, not in this
-build yet). ``backend=None`` picks the fastest that can run; ``backend=`` per call or the
+pure-PyTorch reference, any device), ``"triton"`` (CUDA tensors, for the ops in ``TRITON_OPS``;
+CPU tensors under ``TRITON_INTERPRET=1``, for tests) and ``"cuda"`` (CUDA C++, not in this build
+yet). ``backend=None`` picks the fastest that can run; ``backend=`` per call or the
 ``CRS_FAST_BACKEND`` environment variable overrides, and a backend that cannot run raises
 :class:`BackendUnavailableError` listing every backend and why it cannot run.
 """
