@@ -143,6 +143,17 @@ def public_api(patcher: Patcher, framework: str) -> tuple[Callable, Callable, Ca
     return patch, unpatch, patched
 
 
+def entropy(logits: Any) -> Any:
+    """Entropy of softmax(logits) per row, in the logits' dtype, through crs_fast.token_logprobs
+    (which needs labels; they do not affect the entropy)."""
+    import torch
+
+    from .. import ops
+
+    labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return ops.token_logprobs(logits, labels, entropy=True)[1].to(logits.dtype)
+
+
 def group_ids(index: Any) -> list[int]:
     """Dense integer ids for arbitrary hashable group labels (verl passes numpy object arrays)."""
     mapping: dict[Any, int] = {}

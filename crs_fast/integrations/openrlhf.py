@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import ops
-from ._patching import Patcher, public_api
+from ._patching import Patcher, entropy, public_api
 
 _UTILS = "openrlhf.models.utils"
 _LOSS = "openrlhf.models.loss"
@@ -46,8 +46,7 @@ def log_probs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperatur
 
 def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) in the logits' dtype."""
-    labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    return ops.token_logprobs(logits, labels, entropy=True)[1].to(logits.dtype)
+    return entropy(logits)
 
 
 def _scale(

@@ -10,7 +10,7 @@ Index tensors of shape [..., K] (several log-probs per row) run TRL's own code.
 import torch
 
 from .. import ops
-from ._patching import Patcher, public_api
+from ._patching import Patcher, entropy, public_api
 
 _UTILS = "trl.trainer.utils"
 
@@ -29,8 +29,7 @@ def selective_log_softmax(
 
 def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Tensor:
     """Entropy of softmax(logits) per row, in the logits' dtype (``chunk_size`` is not needed)."""
-    labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    return ops.token_logprobs(logits, labels, entropy=True)[1].to(logits.dtype)
+    return entropy(logits)
 
 
 def selective_log_softmax_and_entropy(

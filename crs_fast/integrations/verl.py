@@ -23,7 +23,7 @@ import torch
 
 from .. import ops
 from ..ops import reference
-from ._patching import Patcher, group_ids, public_api
+from ._patching import Patcher, entropy, group_ids, public_api
 
 _CORE = "verl.trainer.ppo.core_algos"
 _F = "verl.utils.torch_functional"
@@ -219,8 +219,7 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, inplace_bac
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) in the logits' dtype, through :func:`crs_fast.token_logprobs`."""
-    labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
-    return ops.token_logprobs(logits, labels, entropy=True)[1].to(logits.dtype)
+    return entropy(logits)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:

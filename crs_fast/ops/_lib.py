@@ -118,6 +118,11 @@ def empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor, dtype: torch.
     return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device)
 
 
+def sentinel(x: float | None) -> float:
+    """An optional non-negative parameter as the kernels take it: -1 for None."""
+    return -1.0 if x is None else x
+
+
 def acc_dtype(t: torch.Tensor) -> torch.dtype:
     """Accumulation and statistics dtype: float64 for float64 inputs, else float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32

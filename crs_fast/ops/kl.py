@@ -15,6 +15,7 @@ from ._lib import (
     nthreads,
     ptr,
     resolve_backend,
+    sentinel,
 )
 
 KL_KINDS = reference.KL_KINDS
@@ -22,7 +23,7 @@ _BASE = {"k1": 0, "abs": 1, "k2": 2, "k3": 3}
 
 
 def _codes(kind: str, clamp: float | None) -> tuple[int, bool, float]:
-    return _BASE[kind.rstrip("+")], kind.endswith("+"), -1.0 if clamp is None else clamp
+    return _BASE[kind.rstrip("+")], kind.endswith("+"), sentinel(clamp)
 
 
 @torch.library.custom_op("crs_fast::kl_penalty", mutates_args=())

@@ -18,6 +18,7 @@ from ._lib import (
     nthreads,
     ptr,
     resolve_backend,
+    sentinel,
 )
 
 AGG_MODES = reference.AGG_MODES
@@ -26,10 +27,6 @@ _AGG = {name: i for i, name in enumerate(AGG_MODES)}
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=acc_dtype(like), device=like.device)
-
-
-def _dual(dual_clip: float | None) -> float:
-    return -1.0 if dual_clip is None else dual_clip
 
 
 @torch.library.custom_op("crs_fast::ppo_policy_loss", mutates_args=())
@@ -49,7 +46,7 @@ def _policy_op(
     if backend == "triton":
         from ..kernels.triton import ppo_loss as tk
 
-        stats = tk.losses_forward(True, lp, old, adv, m, agg, clip_low, clip_high, _dual(dual_clip))
+        stats = tk.losses_forward(True, lp, old, adv, m, agg, clip_low, clip_high, sentinel(dual_clip))
         return tuple(_scalar(x, lp) for x in stats)
     loss, cf, cfl, kl = _C.policy_loss_forward(
         dtype_code(lp),
@@ -61,7 +58,7 @@ def _policy_op(
         T,
         clip_low,
         clip_high,
-        _dual(dual_clip),
+        sentinel(dual_clip),
         _AGG[agg],
         nthreads(),
     )
@@ -90,7 +87,7 @@ def _policy_bwd_op(
     if backend == "triton":
         from ..kernels.triton import ppo_loss as tk
 
-        return tk.losses_backward(True, float(grad), lp, old, adv, m, agg, clip_low, clip_high, _dual(dual_clip))
+        return tk.losses_backward(True, float(grad), lp, old, adv, m, agg, clip_low, clip_high, sentinel(dual_clip))
     out = empty(lp.shape, lp)
     B, T = lp.shape
     _C.policy_loss_backward(
@@ -105,7 +102,7 @@ def _policy_bwd_op(
         T,
         clip_low,
         clip_high,
-        _dual(dual_clip),
+        sentinel(dual_clip),
         _AGG[agg],
         nthreads(),
     )
@@ -179,10 +176,6 @@ def ppo_policy_loss(
     return loss, {"clipfrac": cf, "clipfrac_lower": cfl, "approx_kl": kl}
 
 
-def _clip(clip: float | None) -> float:
-    return -1.0 if clip is None else clip
-
-
 @torch.library.custom_op("crs_fast::ppo_value_loss", mutates_args=())
 def _value_op(
     values: torch.Tensor,
@@ -198,9 +191,9 @@ def _value_op(
     if backend == "triton":
         from ..kernels.triton import ppo_loss as tk
 
-        return tuple(_scalar(x, v) for x in tk.losses_forward(False, v, old, ret, m, agg, eps=_clip(clip)))
+        return tuple(_scalar(x, v) for x in tk.losses_forward(False, v, old, ret, m, agg, eps=sentinel(clip)))
     loss, cf = _C.value_loss_forward(
-        dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, _clip(clip), _AGG[agg], nthreads()
+        dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, sentinel(clip), _AGG[agg], nthreads()
     )
     return _scalar(loss, v), _scalar(cf, v)
 
@@ -225,7 +218,7 @@ def _value_bwd_op(
     if backend == "triton":
         from ..kernels.triton import ppo_loss as tk
 
-        return tk.losses_backward(False, float(grad), v, old, ret, m, agg, eps=_clip(clip))
+        return tk.losses_backward(False, float(grad), v, old, ret, m, agg, eps=sentinel(clip))
     out = empty(v.shape, v)
     B, T = v.shape
     _C.value_loss_backward(
@@ -238,7 +231,7 @@ def _value_bwd_op(
         ptr(out),
         B,
         T,
-        _clip(clip),
+        sentinel(clip),
         _AGG[agg],
         nthreads(),
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ._lib import acc_dtype
+
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 GAE_MODES = ("verl", "trl", "openrlhf")
 KL_KINDS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
@@ -19,11 +21,13 @@ def _cdt(x: torch.Tensor, compute: torch.dtype | None) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _loss_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def last_valid(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last nonzero mask entry, -1 for an empty row (int64 [B])."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask != 0, pos, torch.full_like(pos, -1)).max(dim=1).values
 
 
-def _whiten(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
+def standardize(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
     """(x - mean) * rsqrt(var + 1e-8) over the mask (clamp_eps: rsqrt(max(var, 1e-8)))."""
     n = m.sum()
     if n == 0:
@@ -53,8 +57,7 @@ def gae(
     B, T = r.shape
     if mode == "trl":
         pos = torch.arange(T, device=r.device)
-        last = torch.where(m.bool(), pos, torch.full_like(pos, -1)).max(dim=1, keepdim=True).values
-        v = v * (pos[None, :] <= last).to(dt)
+        v = v * (pos[None, :] <= last_valid(m)[:, None]).to(dt)
     elif mode == "openrlhf":
         v, r = v * m, r * m
     next_v = torch.zeros(B, dtype=dt, device=r.device)
@@ -71,7 +74,7 @@ def gae(
         adv[:, t] = last_a
     ret = adv + v
     if whiten:
-        adv = _whiten(adv, m, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
+        adv = standardize(adv, m, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
     if mode == "trl":
         adv = adv * m
     return adv.to(rewards.dtype), ret.to(rewards.dtype)
@@ -88,7 +91,7 @@ def masked_whiten(
     """(x - mean) * rsqrt(var + 1e-8) with mean and var over the mask; the mean re-added if not shift_mean."""
     dt = _cdt(values, compute)
     x, m = values.to(dt), mask.ne(0).to(dt)
-    out = _whiten(x, m, unbiased=unbiased, clamp_eps=False)
+    out = standardize(x, m, unbiased=unbiased, clamp_eps=False)
     if not shift_mean and m.sum() > 0:
         out = out + (x * m).sum() / m.sum()
     return out.to(values.dtype)
@@ -180,9 +183,7 @@ def token_rewards(
     s = scores.to(dt)
     if clip is not None:
         s = s.clamp(min=clip[0], max=clip[1])
-    T = kl.shape[1]
-    pos = torch.arange(T, device=kl.device)
-    last = torch.where(m, pos, torch.full_like(pos, -1)).max(dim=1).values
+    last = last_valid(m)
     rows = (last >= 0).nonzero(as_tuple=True)[0]
     r[rows, last[rows]] += s[rows]
     return r.to(kl.dtype)
@@ -237,7 +238,7 @@ def ppo_policy_loss(
     else:
         pg = c1
         lower = torch.zeros_like(c1, dtype=torch.bool)
-    out = _loss_dtype(logp)
+    out = acc_dtype(logp)
     loss = aggregate(pg, m, agg).to(out)
     stats = {
         "clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out),
@@ -267,7 +268,7 @@ def ppo_value_loss(
     else:
         vc = torch.max(torch.min(v, old + clip), old - clip)
         l2 = (vc - R) ** 2
-    out = _loss_dtype(values)
+    out = acc_dtype(values)
     loss = (0.5 * aggregate(torch.max(l1, l2), m, agg)).to(out)
     return loss, {"clipfrac": _masked_mean((l2 > l1).to(dt), m).detach().to(out)}
 
@@ -289,7 +290,7 @@ def token_logprobs(
     safe = torch.where(keep, labels, torch.zeros_like(labels))
     lp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     ent = -(logp.exp() * logp).sum(-1)
-    out = _loss_dtype(logits)
+    out = acc_dtype(logits)
     zero = torch.zeros((), dtype=dt, device=z.device)
     return torch.where(keep, lp, zero).to(out), torch.where(keep, ent, zero).to(out)
 
@@ -307,7 +308,7 @@ def linear_logprobs(
     dt = _cdt(hidden, compute)
     logits = hidden.to(dt) @ weight.to(dt).T
     lp, ent = token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index, compute=dt)
-    out = _loss_dtype(hidden)
+    out = acc_dtype(hidden)
     return lp.to(out), ent.to(out)
 
 

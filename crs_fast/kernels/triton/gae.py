@@ -42,12 +42,6 @@ def _scan(r_ptr, v_ptr, m_ptr, last_ptr, adv_ptr, ret_ptr, B, T, gamma, gl, MODE
         tl.store(ret_ptr + idx, (last_a + v).to(ret_ptr.dtype.element_ty), mask=ok)
 
 
-def last_valid(m: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last nonzero mask entry, -1 for an empty row (int64 [B])."""
-    pos = torch.arange(m.shape[1], device=m.device)
-    return torch.where(m != 0, pos, torch.full_like(pos, -1)).max(dim=1).values.contiguous()
-
-
 def gae(
     r: torch.Tensor, v: torch.Tensor, m: torch.Tensor, gamma: float, lam: float, mode: str, whiten: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,11 +50,22 @@ def gae(
     adv = torch.empty(B, T, dtype=torch.float32, device=r.device)
     ret = torch.empty_like(r)
     _scan[(triton.cdiv(B, BLOCK_B),)](
-        r, v, m, last_valid(m), adv, ret, B, T, gamma, gamma * lam, MODE=_MODES[mode], BLOCK_B=BLOCK_B
+        r,
+        v,
+        m,
+        reference.last_valid(m).contiguous(),
+        adv,
+        ret,
+        B,
+        T,
+        gamma,
+        gamma * lam,
+        MODE=_MODES[mode],
+        BLOCK_B=BLOCK_B,
     )
     mf = (m != 0).float()
     if whiten:
-        adv = reference._whiten(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
+        adv = reference.standardize(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
     if mode == "trl":
         adv = adv * mf
     return adv.to(r.dtype), ret

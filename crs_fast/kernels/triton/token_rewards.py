@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gae import last_valid
+from ...ops.reference import last_valid
 
 BLOCK = 1024
 
@@ -32,5 +32,5 @@ def token_rewards(
     B, T = kl.shape
     out = torch.empty_like(kl)
     n = B * T
-    _rewards[(triton.cdiv(n, BLOCK),)](scores, kl, m, last_valid(m), out, n, T, beta, lo, hi, BLOCK=BLOCK)
+    _rewards[(triton.cdiv(n, BLOCK),)](scores, kl, m, last_valid(m).contiguous(), out, n, T, beta, lo, hi, BLOCK=BLOCK)
     return out
