@@ -1,11 +1,16 @@
 """Top-k scoring of queries against an item catalog, item block by item block, without a
 [B, N] score matrix."""
 
+import os
+
 import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, call, check_backend_arg, empty, nthreads, ptr, resolve_backend
+from ._lib import _C, BackendUnavailableError, call, check_backend_arg, empty, nthreads, ptr, resolve_backend
+
+
+TRITON_MAX_K = 256  # crs_fast.kernels.triton.topk.MAX_K (not imported: Triton is optional)
 
 
 def default_chunk(n_queries: int) -> int:
@@ -23,11 +28,7 @@ def _topk_op(
     chunk_size: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    q = queries.float().contiguous()
-    n_items, B = items.shape[0], q.shape[0]
-    vals = torch.full((B, k), float("-inf"), dtype=torch.float32)
-    idx = torch.full((B, k), -1, dtype=torch.int64)
-    b = None if bias is None else bias.float().contiguous()
+    n_items, B = items.shape[0], queries.shape[0]
     ex, m = None, 0
     if exclude is not None and exclude.shape[1] > 0:
         ex = exclude.to(torch.int64)
@@ -36,6 +37,15 @@ def _topk_op(
             raise ValueError(
                 f"`exclude` entries must be item indices in [0, {n_items}) or -1 (padding); found {ex[bad][0].item()}"
             )
+    if backend == "triton":
+        from ..kernels.triton import topk as tk
+
+        return tk.topk(queries, items, k, bias, ex)
+    q = queries.float().contiguous()
+    vals = torch.full((B, k), float("-inf"), dtype=torch.float32)
+    idx = torch.full((B, k), -1, dtype=torch.int64)
+    b = None if bias is None else bias.float().contiguous()
+    if ex is not None:
         ex, m = torch.sort(ex, dim=1).values.contiguous(), ex.shape[1]
     buf = torch.empty(B * min(chunk_size, n_items), dtype=torch.float32)
     nt = nthreads()
@@ -92,7 +102,12 @@ def topk_scores(
             raise ValueError(f"`exclude` must have {queries.shape[0]} rows, got {list(exclude.shape)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    be = resolve_backend(check_backend_arg(backend), queries.device, "topk_scores")
+    requested = check_backend_arg(backend)
+    be = resolve_backend(requested, queries.device, "topk_scores")
+    if be == "triton" and k > TRITON_MAX_K:
+        if requested == "triton" or os.environ.get("CRS_FAST_BACKEND") == "triton":
+            raise BackendUnavailableError(f"backend 'triton' keeps at most {TRITON_MAX_K} items per row, got k = {k}")
+        be = "torch"
     if be == "torch":
         return reference.topk_scores(queries, items, k=k, bias=bias, exclude=exclude)
     chunk = chunk_size or default_chunk(queries.shape[0])

@@ -102,10 +102,35 @@ def test_token_logprobs(dtype, shape, temperature, gen):
     check(g, low, g_o, g_l, "reduction", "grad")
 
 
-def test_ops_without_triton_kernels_say_so():
-    x = torch.zeros(2, 3)
-    with pytest.raises(cf.BackendUnavailableError, match="no Triton kernel for topk_scores"):
-        cf.topk_scores(x, x, k=1, backend="triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 24, 7), (20, 100, 40, 20)])
+@pytest.mark.parametrize("extras", [False, True])
+def test_topk_scores(dtype, shape, extras, gen):
+    B, N, d, k = shape
+    q = rand(B, d, dtype=dtype, gen=gen, noncontig=d > 1).to(DEVICE)
+    items = rand(N, d, dtype=dtype, gen=gen).to(DEVICE)
+    bias = exclude = None
+    if extras:
+        bias = rand(N, gen=gen).to(DEVICE)
+        exclude = torch.randint(-1, N, (B, 3), generator=gen).to(DEVICE)
+        items[N // 2] = float("nan")  # a NaN score never ranks
+        if N > 4:  # exact ties: the lower index ranks first
+            items[1], bias[1] = items[3], bias[3]
+    vals, idx = cf.topk_scores(q, items, k=k, bias=bias, exclude=exclude, backend="triton")
+    o_vals, o_idx = R.topk_scores(q, items, k=k, bias=bias, exclude=exclude)
+    torch.testing.assert_close(vals, o_vals, rtol=1e-5, atol=1e-5)
+    if extras and N > 4:
+        assert torch.equal(idx, o_idx)
+    ranked = torch.where(idx >= 0, idx, 0)
+    s = q.float() @ items.float().T + (0 if bias is None else bias.float())
+    torch.testing.assert_close(s.gather(1, ranked)[idx >= 0], vals[idx >= 0], rtol=1e-5, atol=1e-5)
+
+
+def test_topk_large_k_needs_another_backend():
+    x = torch.zeros(2, 3, 300, device=DEVICE)[0]
+    items = torch.zeros(300, 300, device=DEVICE)
+    with pytest.raises(cf.BackendUnavailableError, match="at most 256"):
+        cf.topk_scores(x[:, :300], items, k=257, backend="triton")
 
 
 @pytest.mark.parametrize("mode", ["verl", "trl", "openrlhf"])
