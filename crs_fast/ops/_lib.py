@@ -57,7 +57,18 @@ def as_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 # Ops with Triton kernels so far (crs_fast/kernels/triton); the others run "cpu" or "torch".
-TRITON_OPS = frozenset({"gae", "kl_penalty", "ppo_policy_loss", "ppo_value_loss", "token_logprobs", "token_rewards", "topk_scores"})
+TRITON_OPS = frozenset(
+    {
+        "gae",
+        "kl_penalty",
+        "linear_logprobs",
+        "ppo_policy_loss",
+        "ppo_value_loss",
+        "token_logprobs",
+        "token_rewards",
+        "topk_scores",
+    }
+)
 
 
 def _why_not(backend: str, device: torch.device, op: str = "") -> str:

@@ -2,12 +2,15 @@
 materialising the [N, V] logits: vocabulary blocks go through BLAS, the online softmax
 statistics and the gradient epilogue through the C++ kernels. Extra memory O(N * chunk)."""
 
+import os
+
 import torch
 
 from . import _validate as V
 from . import reference
 from ._lib import (
     _C,
+    BackendUnavailableError,
     acc_dtype,
     call,
     call_autograd,
@@ -42,11 +45,15 @@ def _llp_op(
     chunk_size: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y = labels.to(torch.int64).contiguous()
+    check_labels(y, weight.shape[0], ignore_index)
+    if backend == "triton":
+        from ..kernels.triton import linear_logprobs as tk
+
+        return tk.forward(hidden.contiguous(), weight.contiguous(), y, 1.0 / temperature, ignore_index)
     acc = acc_dtype(hidden)
     h = hidden.to(acc).contiguous()
-    y = labels.to(torch.int64).contiguous()
     vocab, n = weight.shape[0], h.shape[0]
-    check_labels(y, vocab, ignore_index)
     m = torch.full((n,), float("-inf"), dtype=acc)
     s, w, zy = (torch.zeros(n, dtype=acc) for _ in range(3))
     buf = torch.empty(n * min(chunk_size, vocab), dtype=acc)
@@ -82,9 +89,14 @@ def _llp_bwd_op(
     chunk_size: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    y = labels.to(torch.int64).contiguous()
+    if backend == "triton":
+        from ..kernels.triton import linear_logprobs as tk
+
+        h, w = hidden.contiguous(), weight.contiguous()
+        return tk.backward(grad_lp, grad_ent, h, w, y, lse, ent, 1.0 / temperature, ignore_index, chunk_size)
     acc = acc_dtype(hidden)
     h = hidden.to(acc).contiguous()
-    y = labels.to(torch.int64).contiguous()
     vocab, n = weight.shape[0], h.shape[0]
     glp = None if grad_lp is None else grad_lp.to(acc).contiguous()
     gent = None if grad_ent is None else grad_ent.to(acc).contiguous()
@@ -164,7 +176,14 @@ def linear_logprobs(
     temperature = V.number("temperature", temperature, min_value=0.0, strict=True)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    be = resolve_backend(check_backend_arg(backend), hidden.device, "linear_logprobs")
+    requested = check_backend_arg(backend)
+    be = resolve_backend(requested, hidden.device, "linear_logprobs")
+    if be == "triton" and hidden.dtype == torch.float64:  # tl.dot has no float64 path everywhere
+        if requested == "triton" or os.environ.get("CRS_FAST_BACKEND") == "triton":
+            raise BackendUnavailableError(
+                "backend 'triton' runs linear_logprobs in float32/float16/bfloat16, not float64"
+            )
+        be = "torch"
     if be == "torch":
         check_labels(labels, weight.shape[0], ignore_index)
         lp, ent = reference.linear_logprobs(hidden, weight, labels, temperature=temperature, ignore_index=ignore_index)

@@ -9,7 +9,6 @@ from . import _validate as V
 from . import reference
 from ._lib import _C, BackendUnavailableError, call, check_backend_arg, empty, nthreads, ptr, resolve_backend
 
-
 TRITON_MAX_K = 256  # crs_fast.kernels.triton.topk.MAX_K (not imported: Triton is optional)
 
 

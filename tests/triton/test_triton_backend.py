@@ -102,6 +102,46 @@ def test_token_logprobs(dtype, shape, temperature, gen):
     check(g, low, g_o, g_l, "reduction", "grad")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [((1,), 1, 1, None), ((7,), 33, 100, 40), ((2, 3), 20, 161, None)])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_linear_logprobs(dtype, case, temperature, gen):
+    lead, H, V, chunk = case
+    low = _dt(dtype)[1]
+    h = _x(*lead, H, dtype=dtype, gen=gen, noncontig=True)
+    w = _x(V, H, dtype=dtype, gen=gen, scale=H**-0.5)
+    y = torch.randint(0, V, lead, generator=gen)
+    if y.numel() > 1:
+        y.view(-1)[-1] = -100
+    y = y.to(DEVICE)
+    kw = dict(temperature=temperature)
+    lp, ent = cf.linear_logprobs(h, w, y, entropy=True, chunk_size=chunk, backend="triton", **kw)
+    assert lp.dtype == torch.float32 and lp.shape == y.shape
+    o_lp, o_ent = R.linear_logprobs(h.double(), w.double(), y, **kw)
+    l_lp, l_ent = R.linear_logprobs(h, w, y, compute=low, **kw)
+    check(lp, low, o_lp, l_lp, "reduction", "logprobs")
+    check(ent, low, o_ent, l_ent, "reduction", "entropy")
+    assert (lp <= 0).all() and (ent >= 0).all()
+    wts = [rand(*lead, gen=gen).double().to(DEVICE), rand(*lead, gen=gen).double().to(DEVICE)]
+    g_k = grad_of(
+        lambda a, b: cf.linear_logprobs(a, b, y, entropy=True, chunk_size=chunk, backend="triton", **kw),
+        h,
+        w,
+        weights=wts,
+    )
+    g_o = grad_of(lambda a, b: R.linear_logprobs(a, b, y, **kw), h.double(), w.double(), weights=wts)
+    g_l = grad_of(lambda a, b: R.linear_logprobs(a, b, y, compute=low, **kw), h, w, weights=wts)
+    for k, o, lo, name in zip(g_k, g_o, g_l, ("d hidden", "d weight"), strict=True):
+        assert k.dtype == low
+        check(k, low, o, lo, "reduction", name)
+
+
+def test_linear_logprobs_float64_needs_another_backend():
+    h = torch.zeros(2, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(cf.BackendUnavailableError, match="not float64"):
+        cf.linear_logprobs(h, h, torch.zeros(2, dtype=torch.int64, device=DEVICE), backend="triton")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 24, 7), (20, 100, 40, 20)])
 @pytest.mark.parametrize("extras", [False, True])
@@ -147,6 +187,25 @@ def test_gae(mode, dtype, shape, whiten, gen):
     l_adv, l_ret = R.gae(r, v, m, compute=low, **kw)
     check(ret, low, o_ret, l_ret, "reduction", "returns")
     check(adv, low, o_adv, l_adv, "reduction", "advantages")
+
+
+@pytest.mark.parametrize("mode", ["verl", "trl", "openrlhf"])
+@pytest.mark.parametrize("variant", ["rows", "chunked"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 32), (4, 97)])
+def test_gae_variants(mode, variant, shape, gen):
+    from crs_fast.kernels.triton import gae as tk
+
+    r, v = rand(*shape, gen=gen).to(DEVICE), rand(*shape, gen=gen).to(DEVICE)
+    m = make_mask(*shape, gen=gen).to(DEVICE)
+    if shape[0] > 2:
+        m[1] = 0  # an all-masked row
+        m[2, -5:] = 0  # trailing padding after the last valid token
+    kw = dict(gamma=0.97, lam=0.9, mode=mode, whiten=False)
+    adv, ret = tk.gae(r, v, m.to(torch.uint8), variant=variant, **kw)
+    o_adv, o_ret = R.gae(r.double(), v.double(), m, **kw)
+    l_adv, l_ret = R.gae(r, v, m, compute=torch.float32, **kw)
+    check(ret, torch.float32, o_ret, l_ret, "reduction", "returns")
+    check(adv, torch.float32, o_adv, l_adv, "reduction", "advantages")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
