@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared check for a GPU machine: build crs_fast there (no build isolation: the image has
-# torch, triton, pybind11, scikit-build-core, cmake, ninja), run the GPU tests of the Triton
-# backend and the CPU op tests, run the GPU benchmarks, write JSON and logs to $OUT, and print a
-# short table last.
+# torch, triton, pybind11, scikit-build-core, cmake, ninja; nvcc builds the CUDA C++ kernels),
+# run the GPU tests of both GPU backends (triton and cuda) including the large shapes
+# (N*V > 2^31, T >= 65,536), the op tests, the GPU benchmarks (crs_fast auto, crs_fast[triton],
+# crs_fast[cuda] and the baselines), write JSON and logs to $OUT, and print a short table last.
 #   bench/gpu_check.sh             on the GPU machine (device run: OUT is set there)
 #   bench/gpu_check.sh --dry-run   the same steps on the CPU: Triton through its interpreter,
 #                                  quick benchmark shapes (proves the script before a GPU run)
@@ -42,8 +43,14 @@ fi
 export CRS_FAST_TEST_DEVICE=$DEVICE PYTHONUNBUFFERED=1
 
 "$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-step build "$PY" -m pip install --no-build-isolation --no-deps --force-reinstall --no-cache-dir .
-step test_triton "$PY" -P -m pytest -q -p no:cacheprovider tests/triton --junitxml="$OUT/test_triton.xml"
+if [ "$DRY" = 1 ]; then
+  step build "$PY" -m pip install --no-build-isolation --no-deps --force-reinstall --no-cache-dir .
+else  # the CUDA kernels must build on the GPU machine: fail loudly rather than fall back
+  step build env CMAKE_ARGS="-DCRS_FAST_CUDA=ON" "$PY" -m pip install --no-build-isolation --no-deps \
+    --force-reinstall --no-cache-dir .
+fi
+"$PY" -P -c "import crs_fast._C as c; print('[gpu_check] CUDA C++ kernels built:', c.with_cuda)" | tee "$OUT/build_info.txt"
+step test_gpu_backends "$PY" -P -m pytest -q -p no:cacheprovider tests/triton --junitxml="$OUT/test_gpu_backends.xml"
 step test_ops "$PY" -P -m pytest -q -p no:cacheprovider tests/ops --junitxml="$OUT/test_ops.xml"
 step bench "$PY" -m bench.run "${BENCH[@]}" --out "$OUT" --name "$DEVICE-check"
 
@@ -54,11 +61,11 @@ for path in sorted(out.glob("*-check-*.json")):
     result = json.loads(path.read_text())
     print(f"\n{result['machine']}: copy {result['limits']['copy_bytes_per_s'] / 1e9:.0f} GB/s, "
           f"bf16 matmul {result['limits']['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s, crs_fast backend {result['crs_fast_backend']}")
-    print(f"{'op':<18} {'shape':<24} {'crs_fast ms':>12} {'best baseline':>16} {'speedup':>8} {'of limit':>9}")
+    print(f"{'op':<18} {'shape':<30} {'provider':<17} {'ms':>10} {'best baseline':>16} {'speedup':>8} {'of limit':>9}")
     for r in result["rows"]:
-        if r.get("provider") == "crs_fast" and "median_ms" in r:
-            print(f"{r['op']:<18} {r['shape']:<24} {r['median_ms']:>12.3f} {r.get('best_baseline', '-'):>16} "
-                  f"{r.get('speedup_vs_best', 0):>7.2f}x {r.get('fraction_of_limit', 0):>8.0%}")
+        if r.get("provider", "").startswith("crs_fast") and "median_ms" in r:
+            print(f"{r['op']:<18} {r['shape']:<30} {r['provider']:<17} {r['median_ms']:>10.3f} "
+                  f"{r.get('best_baseline', '-'):>16} {r.get('speedup_vs_best', 0):>7.2f}x {r.get('fraction_of_limit', 0):>8.0%}")
 for xml in sorted(out.glob("test_*.xml")):
     text = xml.read_text()
     import re

@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include "kernels.h"
+#ifdef CRS_FAST_WITH_CUDA
+#include "cuda_kernels.h"
+#endif
 
 namespace py = pybind11;
 using crs::DType;
@@ -107,4 +110,58 @@ PYBIND11_MODULE(_C, mod) {
     crs::topk_block_merge(cast<float>(s), lds, cast<float>(bias), cast<int64_t>(excl), m,
                           cast<float>(vals), cast<int64_t>(idx), B, C, v0, k, nt);
   }, nogil);
+
+#ifdef CRS_FAST_WITH_CUDA
+  // CUDA kernels: device pointers and the caller's stream (torch.cuda.current_stream().cuda_stream).
+  namespace cu = crs::cuda;
+  mod.attr("with_cuda") = true;
+  mod.attr("cuda_max_k") = cu::kMaxK;
+  mod.def("cuda_kl_forward", [](int dt, ptr lp, ptr ref, ptr out, int64_t n, int kind, bool straight,
+                                double clamp, ptr st) {
+    cu::kl_forward(dt, cast(lp), cast(ref), cast(out), n, kind, straight, clamp, cast(st));
+  }, nogil);
+  mod.def("cuda_kl_backward", [](int dt, ptr g, ptr lp, ptr ref, ptr glp, int64_t n, int kind,
+                                 bool straight, double clamp, ptr st) {
+    cu::kl_backward(dt, cast(g), cast(lp), cast(ref), cast(glp), n, kind, straight, clamp, cast(st));
+  }, nogil);
+  mod.def("cuda_token_rewards", [](int dt, ptr s, ptr kl, ptr m, ptr last, ptr out, int64_t B,
+                                   int64_t T, double beta, double lo, double hi, ptr st) {
+    cu::token_rewards(dt, cast(s), cast(kl), cast<uint8_t>(m), cast<int64_t>(last), cast(out), B, T,
+                      beta, lo, hi, cast(st));
+  }, nogil);
+  mod.def("cuda_gae_scan", [](int dt, ptr r, ptr v, ptr m, ptr last, ptr adv, ptr ret, int64_t B,
+                              int64_t T, double gamma, double gl, int mode, ptr st) {
+    cu::gae_scan(dt, cast(r), cast(v), cast<uint8_t>(m), cast<int64_t>(last), cast(adv), cast(ret), B,
+                 T, gamma, gl, mode, cast(st));
+  }, nogil);
+  mod.def("cuda_loss_rows_forward", [](int dt, bool policy, ptr x, ptr y, ptr z, ptr m, ptr parts,
+                                       int64_t B, int64_t T, double p0, double p1, double p2, ptr st) {
+    cu::loss_rows_forward(dt, policy, cast(x), cast(y), cast(z), cast<uint8_t>(m), cast<double>(parts),
+                          B, T, p0, p1, p2, cast(st));
+  }, nogil);
+  mod.def("cuda_loss_rows_backward", [](int dt, bool policy, ptr x, ptr y, ptr z, ptr m, ptr w,
+                                        ptr out, int64_t B, int64_t T, double p0, double p1, double p2,
+                                        ptr st) {
+    cu::loss_rows_backward(dt, policy, cast(x), cast(y), cast(z), cast<uint8_t>(m), cast<float>(w),
+                           cast(out), B, T, p0, p1, p2, cast(st));
+  }, nogil);
+  mod.def("cuda_logprobs_forward", [](int dt, ptr z, ptr y, ptr lp, ptr ent, ptr lse, int64_t N,
+                                      int64_t V, double inv_tau, int64_t ignore, ptr st) {
+    cu::logprobs_forward(dt, cast(z), cast<int64_t>(y), cast(lp), cast(ent), cast(lse), N, V, inv_tau,
+                         ignore, cast(st));
+  }, nogil);
+  mod.def("cuda_logprobs_backward", [](int dt, ptr z, ptr y, ptr glp, ptr gent, ptr lse, ptr ent,
+                                       ptr gz, int64_t N, int64_t V, double inv_tau, int64_t ignore,
+                                       ptr st) {
+    cu::logprobs_backward(dt, cast(z), cast<int64_t>(y), cast(glp), cast(gent), cast(lse), cast(ent),
+                          cast(gz), N, V, inv_tau, ignore, cast(st));
+  }, nogil);
+  mod.def("cuda_topk_block_merge", [](ptr s, int64_t lds, ptr bias, ptr excl, int64_t m, ptr vals,
+                                      ptr idx, int64_t B, int64_t C, int64_t v0, int64_t k, ptr st) {
+    cu::topk_block_merge(cast<float>(s), lds, cast<float>(bias), cast<int64_t>(excl), m,
+                         cast<float>(vals), cast<int64_t>(idx), B, C, v0, k, cast(st));
+  }, nogil);
+#else
+  mod.attr("with_cuda") = false;
+#endif
 }

@@ -9,6 +9,7 @@ case and ``flops`` its useful floating-point work (used for achieved GB/s or FLO
 """
 
 import importlib
+import os
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,43 @@ class Case:
     flops: int
     providers: dict[str, Fn] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    dtype: str = "fp32"  # the GEMM precision its FLOP fraction is measured against
+
+
+def _with_backend(fn: Fn, backend: str) -> Fn:
+    """``fn`` with crs_fast's backend forced (CRS_FAST_BACKEND is read at every op call)."""
+
+    def run():
+        old = os.environ.get("CRS_FAST_BACKEND")
+        os.environ["CRS_FAST_BACKEND"] = backend
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["CRS_FAST_BACKEND"]
+            else:
+                os.environ["CRS_FAST_BACKEND"] = old
+
+    return run
+
+
+def per_backend(case: Case, device: str) -> Case:
+    """On CUDA, add ``crs_fast[triton]`` and ``crs_fast[cuda]`` beside the automatic choice, for
+    the ops each backend implements: the measurements behind ops._lib.GPU_DISPATCH."""
+    from ..ops import _lib
+
+    fn = case.providers.get("crs_fast")
+    if device != "cuda" or fn is None:
+        return case
+    for backend, ops_ in (("triton", _lib.TRITON_OPS), ("cuda", _lib.CUDA_OPS)):
+        if case.op not in ops_:
+            continue
+        why = _lib._why_not(backend, torch.device("cuda"), case.op)
+        if why:
+            case.unavailable[f"crs_fast[{backend}]"] = why
+        else:
+            case.providers[f"crs_fast[{backend}]"] = _with_backend(fn, backend)
+    return case
 
 
 def _train(fn: Callable[[], object], *leaves: torch.Tensor) -> Fn:
@@ -236,11 +274,13 @@ def token_cases(op: str, B: int, T: int, device: str, compile_: bool) -> Case:
 
 
 def logprob_cases(N: int, V: int, device: str, compile_: bool) -> Case:
-    """token_logprobs with entropy, forward + backward, fp32 logits [N, V]."""
+    """token_logprobs with entropy, forward + backward, logits [N, V] (fp32 on CPU, bf16 on CUDA)."""
     g = torch.Generator().manual_seed(N + V)
-    z = (torch.randn(N, V, generator=g) * 2).to(device).requires_grad_(True)
+    dt = torch.bfloat16 if device == "cuda" else torch.float32
+    z = (torch.randn(N, V, generator=g) * 2).to(device=device, dtype=dt).requires_grad_(True)
     y = torch.randint(0, V, (N,), generator=g).to(device)
-    case = Case("token_logprobs", f"N={N} V={V}", N * V, 12 * N * V, 0)
+    nb = z.element_size()
+    case = Case("token_logprobs", f"N={N} V={V} {str(dt)[6:]}", N * V, 3 * nb * N * V, 0)
     ref = lambda: R.token_logprobs(z, y)  # noqa: E731
     _add(case, "crs_fast", lambda: _train(lambda: ops.token_logprobs(z, y, entropy=True), z))
     _add(case, "reference", lambda: _train(ref, z))
@@ -277,12 +317,20 @@ def logprob_cases(N: int, V: int, device: str, compile_: bool) -> Case:
 
 
 def linear_cases(N: int, H: int, V: int, device: str, compile_: bool) -> Case:
-    """linear_logprobs with entropy (the fused LM head), forward + backward, fp32."""
+    """linear_logprobs with entropy (the fused LM head), forward + backward (fp32 on CPU, bf16 on CUDA)."""
     g = torch.Generator().manual_seed(N + H + V)
-    h = torch.randn(N, H, generator=g).to(device).requires_grad_(True)
-    w = (torch.randn(V, H, generator=g) * H**-0.5).to(device).requires_grad_(True)
+    dt = torch.bfloat16 if device == "cuda" else torch.float32
+    h = torch.randn(N, H, generator=g).to(device=device, dtype=dt).requires_grad_(True)
+    w = (torch.randn(V, H, generator=g) * H**-0.5).to(device=device, dtype=dt).requires_grad_(True)
     y = torch.randint(0, V, (N,), generator=g).to(device)
-    case = Case("linear_logprobs", f"N={N} H={H} V={V}", N * V, 4 * (N * H + 2 * V * H), 6 * N * H * V)
+    case = Case(
+        "linear_logprobs",
+        f"N={N} H={H} V={V} {str(dt)[6:]}",
+        N * V,
+        h.element_size() * (N * H + 2 * V * H),
+        6 * N * H * V,
+        dtype="bf16" if dt == torch.bfloat16 else "fp32",
+    )
     ref = lambda: R.linear_logprobs(h, w, y)  # noqa: E731
     _add(case, "crs_fast", lambda: _train(lambda: ops.linear_logprobs(h, w, y, entropy=True), h, w))
     _add(case, "reference", lambda: _train(ref, h, w))
@@ -380,7 +428,7 @@ def all_cases(device: str = "cpu", quick: bool = False, only: list[str] | None =
     builders += [("linear_logprobs", lambda N=N, H=H, V=V: linear_cases(N, H, V, device, compile_)) for N, H, V in lin]
     builders += [("topk_scores", lambda B=B, N=N, d=d: topk_cases(B, N, d, device, compile_)) for B, N, d in tk]
     builders += [("ppo_step", lambda: e2e_case(*e2e, device))]
-    return [b for op, b in builders if not only or op in only]
+    return [lambda b=b: per_backend(b(), device) for op, b in builders if not only or op in only]
 
 
 def case_ops() -> list[str]:

@@ -99,7 +99,8 @@ def _rows(case: Case, index: int, lim: dict, args: argparse.Namespace, memory: b
         )
         if case.flops:
             row["achieved_gflops"] = case.flops / med / 1e9
-            row["fraction_of_limit"] = case.flops / med / lim["matmul_fp32_flops"]
+            peak = lim["matmul_bf16_flops"] if getattr(case, "dtype", "fp32") == "bf16" else lim["matmul_fp32_flops"]
+            row["fraction_of_limit"] = case.flops / med / peak
         elif case.bytes:
             row["achieved_gb_s"] = case.bytes / med / 1e9
             row["fraction_of_limit"] = case.bytes / med / lim["copy_bytes_per_s"]
@@ -107,14 +108,14 @@ def _rows(case: Case, index: int, lim: dict, args: argparse.Namespace, memory: b
             row["peak_extra_mib"] = _memory(index, name, args)
         rows.append(row)
     by = {r["provider"]: r["median_ms"] for r in rows}
-    if "crs_fast" in by:
-        base = {k: v for k, v in by.items() if k != "crs_fast"}
-        for r in rows:
-            if r["provider"] == "crs_fast":
-                r["speedup_vs"] = {k: v / by["crs_fast"] for k, v in base.items()}
-                if base:
-                    best = min(base, key=base.get)
-                    r["best_baseline"], r["speedup_vs_best"] = best, base[best] / by["crs_fast"]
+    base = {k: v for k, v in by.items() if not k.startswith("crs_fast")}  # crs_fast[backend] rows are ours
+    for r in rows:
+        mine = r["provider"]
+        if mine.startswith("crs_fast"):
+            r["speedup_vs"] = {k: v / by[mine] for k, v in base.items()}
+            if base:
+                best = min(base, key=base.get)
+                r["best_baseline"], r["speedup_vs_best"] = best, base[best] / by[mine]
     for name, why in case.unavailable.items():
         rows.append(dict(op=case.op, shape=case.shape, size=case.size, provider=name, unavailable=why))
     return rows

@@ -2,8 +2,9 @@
 
 Backends: ``"cpu"`` (the C++ kernels of ``crs_fast._C``, CPU tensors), ``"torch"`` (the
 pure-PyTorch reference, any device), ``"triton"`` (CUDA tensors, for the ops in ``TRITON_OPS``;
-CPU tensors under ``TRITON_INTERPRET=1``, for tests) and ``"cuda"`` (CUDA C++, not in this build
-yet). ``backend=None`` picks the fastest that can run; ``backend=`` per call or the
+CPU tensors under ``TRITON_INTERPRET=1``, for tests) and ``"cuda"`` (the CUDA C++ kernels compiled into
+``crs_fast._C`` when nvcc was found at build time, for the ops in ``CUDA_OPS``). ``backend=None``
+picks the fastest that can run (for CUDA tensors: per op, from ``GPU_DISPATCH``); ``backend=`` per call or the
 ``CRS_FAST_BACKEND`` environment variable overrides, and a backend that cannot run raises
 :class:`BackendUnavailableError` listing every backend and why it cannot run.
 """
@@ -56,7 +57,8 @@ def as_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask.ne(0).view(torch.uint8)
 
 
-# Ops with Triton kernels so far (crs_fast/kernels/triton); the others run "cpu" or "torch".
+# Ops with Triton kernels (crs_fast/kernels/triton) and CUDA C++ kernels (csrc/<op>/<op>_cuda.cu,
+# launched by crs_fast/kernels/cuda). The fused LM head is Triton-only (README: "GPU backends").
 TRITON_OPS = frozenset(
     {
         "gae",
@@ -69,6 +71,29 @@ TRITON_OPS = frozenset(
         "topk_scores",
     }
 )
+CUDA_OPS = TRITON_OPS - {"linear_logprobs"}
+
+# Automatic choice for CUDA tensors, per op: (backend, the measurement behind it). Until a GPU run
+# of bench/gpu_check.sh is committed under bench/results/, the entries are provisional and say so;
+# the other GPU backend is the fallback when the chosen one cannot run (e.g. triton not installed).
+_UNMEASURED = "provisional: no GPU measurement committed yet (bench/results/ holds CPU runs only)"
+GPU_DISPATCH: dict[str, tuple[str, str]] = {
+    "gae": ("triton", _UNMEASURED),
+    "kl_penalty": ("triton", _UNMEASURED),
+    "token_rewards": ("triton", _UNMEASURED),
+    "ppo_policy_loss": ("triton", _UNMEASURED),
+    "ppo_value_loss": ("triton", _UNMEASURED),
+    "token_logprobs": ("triton", _UNMEASURED),
+    "linear_logprobs": ("triton", "the only GPU kernel: the fused LM head is Triton-only"),
+    "topk_scores": ("triton", _UNMEASURED + "; Triton keeps O(B*k) memory, CUDA a [B, chunk] score block"),
+}
+
+
+def gpu_kernels(backend: str, name: str) -> Any:
+    """The launcher module ``name`` of a GPU backend ("triton" or "cuda")."""
+    import importlib
+
+    return importlib.import_module(f"crs_fast.kernels.{backend}.{name}")
 
 
 def _why_not(backend: str, device: torch.device, op: str = "") -> str:
@@ -88,19 +113,27 @@ def _why_not(backend: str, device: torch.device, op: str = "") -> str:
             return f"it runs CPU tensors and these are on {device}"
         return ""
     if backend == "cuda":
-        if device.type != "cuda":
-            return f"it runs CUDA tensors and these are on {device}"
-        return "this build of crs_fast has no CUDA C++ kernels yet"
+        if op and op not in CUDA_OPS:
+            return f"no CUDA C++ kernel for {op} (Triton-only)"
+        from ..kernels.cuda import unavailable
+
+        return unavailable(device.type)
     return "no such backend"
 
 
 def resolve_backend(requested: str, device: torch.device, op: str = "") -> str:
     """The backend to run ``op``: ``requested`` ("" for automatic), else ``CRS_FAST_BACKEND``.
-    Automatic: the C++ kernels for CPU tensors, Triton for CUDA tensors where the op has a
-    kernel (no CUDA C++ kernels exist yet to compare with), else the reference."""
+    Automatic: the C++ kernels for CPU tensors; for CUDA tensors the op's entry in
+    ``GPU_DISPATCH``, then the other GPU backend; else the reference."""
     choice = requested or os.environ.get("CRS_FAST_BACKEND", "") or "auto"
     if choice == "auto":  # Triton's CPU interpreter is for tests, never an automatic choice
-        preferred = ("cpu",) if device.type == "cpu" else ("triton",)
+        if device.type == "cpu":
+            preferred: tuple[str, ...] = ("cpu",)
+        elif device.type == "cuda":
+            first = GPU_DISPATCH.get(op, ("triton", ""))[0]
+            preferred = (first, "cuda" if first == "triton" else "triton")
+        else:
+            preferred = ()
         return next((b for b in preferred if not _why_not(b, device, op)), "torch")
     if choice not in BACKENDS:
         source = "backend=" if requested else "CRS_FAST_BACKEND"

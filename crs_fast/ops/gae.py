@@ -5,7 +5,7 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, gpu_kernels, nthreads, ptr, resolve_backend
 
 _GAE_MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
 _GROUP_MODES = {"grpo": 0, "rloo": 1}
@@ -23,8 +23,8 @@ def _gae_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r, v, m = rewards.contiguous(), values.contiguous(), as_mask(mask)
-    if backend == "triton":
-        from ..kernels.triton import gae as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "gae")
 
         return tk.gae(r, v, m, gamma, lam, mode, whiten)
     adv, ret = empty(r.shape, r), empty(r.shape, r)

@@ -12,6 +12,7 @@ from ._lib import (
     dtype_code,
     eager_autograd,
     empty,
+    gpu_kernels,
     nthreads,
     ptr,
     resolve_backend,
@@ -30,8 +31,8 @@ def _codes(kind: str, clamp: float | None) -> tuple[int, bool, float]:
 def _kl_op(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float | None, backend: str) -> torch.Tensor:
     a, b = logp.contiguous(), ref_logp.contiguous()
     k, straight, c = _codes(kind, clamp)
-    if backend == "triton":
-        from ..kernels.triton import kl as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "kl")
 
         return tk.kl_forward(a, b, k, straight, c)
     out = empty(a.shape, a)
@@ -50,8 +51,8 @@ def _kl_bwd_op(
 ) -> torch.Tensor:
     g, a, b = grad.contiguous(), logp.contiguous(), ref_logp.contiguous()
     k, straight, c = _codes(kind, clamp)
-    if backend == "triton":
-        from ..kernels.triton import kl as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "kl")
 
         return tk.kl_backward(g, a, b, k, straight, c)
     out = empty(a.shape, a)

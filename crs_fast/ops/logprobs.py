@@ -13,6 +13,7 @@ from ._lib import (
     dtype_code,
     eager_autograd,
     empty,
+    gpu_kernels,
     nthreads,
     ptr,
     resolve_backend,
@@ -39,8 +40,8 @@ def _lp_op(
     y = labels.reshape(-1).to(torch.int64).contiguous()
     check_labels(y, vocab, ignore_index)
     acc = acc_dtype(logits)
-    if backend == "triton":
-        from ..kernels.triton import logprobs as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "logprobs")
 
         return tuple(x.to(acc).view(labels.shape) for x in tk.forward(z, y, 1.0 / temperature, ignore_index))
     lp, ent, lse = (empty(labels.shape, logits, acc) for _ in range(3))
@@ -84,11 +85,12 @@ def _lp_bwd_op(
     acc = acc_dtype(logits)
     glp = torch.zeros_like(lse) if grad_lp is None else grad_lp.to(acc).contiguous()
     gent = None if grad_ent is None else grad_ent.to(acc).contiguous()
-    if backend == "triton":
-        from ..kernels.triton import logprobs as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "logprobs")
 
-        flat = [t.reshape(-1).float().contiguous() for t in (glp, lse, ent)]
-        gent_f = None if gent is None else gent.reshape(-1).float().contiguous()
+        kdt = torch.float32 if backend == "triton" else acc  # the Triton kernel keeps float32 statistics
+        flat = [t.reshape(-1).to(kdt).contiguous() for t in (glp, lse, ent)]
+        gent_f = None if gent is None else gent.reshape(-1).to(kdt).contiguous()
         g = tk.backward(z, y, flat[0], gent_f, flat[1], flat[2], 1.0 / temperature, ignore_index)
         return g.view(logits.shape)
     out = empty(logits.shape, logits)

@@ -15,6 +15,7 @@ from ._lib import (
     dtype_code,
     eager_autograd,
     empty,
+    gpu_kernels,
     nthreads,
     ptr,
     resolve_backend,
@@ -43,8 +44,8 @@ def _policy_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
     B, T = lp.shape
-    if backend == "triton":
-        from ..kernels.triton import ppo_loss as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "ppo_loss")
 
         stats = tk.losses_forward(True, lp, old, adv, m, agg, clip_low, clip_high, sentinel(dual_clip))
         return tuple(_scalar(x, lp) for x in stats)
@@ -84,8 +85,8 @@ def _policy_bwd_op(
     backend: str,
 ) -> torch.Tensor:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
-    if backend == "triton":
-        from ..kernels.triton import ppo_loss as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "ppo_loss")
 
         return tk.losses_backward(True, float(grad), lp, old, adv, m, agg, clip_low, clip_high, sentinel(dual_clip))
     out = empty(lp.shape, lp)
@@ -188,8 +189,8 @@ def _value_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     B, T = v.shape
-    if backend == "triton":
-        from ..kernels.triton import ppo_loss as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "ppo_loss")
 
         return tuple(_scalar(x, v) for x in tk.losses_forward(False, v, old, ret, m, agg, eps=sentinel(clip)))
     loss, cf = _C.value_loss_forward(
@@ -215,8 +216,8 @@ def _value_bwd_op(
     backend: str,
 ) -> torch.Tensor:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
-    if backend == "triton":
-        from ..kernels.triton import ppo_loss as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "ppo_loss")
 
         return tk.losses_backward(False, float(grad), v, old, ret, m, agg, eps=sentinel(clip))
     out = empty(v.shape, v)

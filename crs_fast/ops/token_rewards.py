@@ -4,7 +4,7 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, nthreads, ptr, resolve_backend
+from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, gpu_kernels, nthreads, ptr, resolve_backend
 
 
 @torch.library.custom_op("crs_fast::token_rewards", mutates_args=())
@@ -18,8 +18,8 @@ def _rewards_op(
     backend: str,
 ) -> torch.Tensor:
     s, k, m = scores.to(kl.dtype).contiguous(), kl.contiguous(), as_mask(mask)
-    if backend == "triton":
-        from ..kernels.triton import token_rewards as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "token_rewards")
 
         return tk.token_rewards(s, k, m, beta, clip_lo, clip_hi)
     out = empty(k.shape, k)

@@ -7,9 +7,20 @@ import torch
 
 from . import _validate as V
 from . import reference
-from ._lib import _C, BackendUnavailableError, call, check_backend_arg, empty, nthreads, ptr, resolve_backend
+from ._lib import (
+    _C,
+    BackendUnavailableError,
+    call,
+    check_backend_arg,
+    empty,
+    gpu_kernels,
+    nthreads,
+    ptr,
+    resolve_backend,
+)
 
 TRITON_MAX_K = 256  # crs_fast.kernels.triton.topk.MAX_K (not imported: Triton is optional)
+CUDA_MAX_K = 1024  # crs_fast._C.cuda_max_k
 
 
 def default_chunk(n_queries: int) -> int:
@@ -36,8 +47,8 @@ def _topk_op(
             raise ValueError(
                 f"`exclude` entries must be item indices in [0, {n_items}) or -1 (padding); found {ex[bad][0].item()}"
             )
-    if backend == "triton":
-        from ..kernels.triton import topk as tk
+    if backend in ("triton", "cuda"):
+        tk = gpu_kernels(backend, "topk")
 
         return tk.topk(queries, items, k, bias, ex)
     q = queries.float().contiguous()
@@ -103,9 +114,10 @@ def topk_scores(
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
     requested = check_backend_arg(backend)
     be = resolve_backend(requested, queries.device, "topk_scores")
-    if be == "triton" and k > TRITON_MAX_K:
-        if requested == "triton" or os.environ.get("CRS_FAST_BACKEND") == "triton":
-            raise BackendUnavailableError(f"backend 'triton' keeps at most {TRITON_MAX_K} items per row, got k = {k}")
+    limit = {"triton": TRITON_MAX_K, "cuda": CUDA_MAX_K}.get(be)
+    if limit is not None and k > limit:
+        if be in (requested, os.environ.get("CRS_FAST_BACKEND")):
+            raise BackendUnavailableError(f"backend {be!r} keeps at most {limit} items per row, got k = {k}")
         be = "torch"
     if be == "torch":
         return reference.topk_scores(queries, items, k=k, bias=bias, exclude=exclude)

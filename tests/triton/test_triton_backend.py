@@ -1,5 +1,6 @@
-"""backend="triton" against the fp64 reference, under TRITON_INTERPRET=1 on CPU tensors: small
-shapes, fp32 and fp16 (bf16 data upcast to fp32: the interpreter's bf16 arithmetic is wrong)."""
+"""The GPU backends against the fp64 reference: backend="triton" under TRITON_INTERPRET=1 on CPU
+tensors (small shapes, fp32 and fp16; bf16 data upcast to fp32: the interpreter's bf16 arithmetic
+is wrong), and on a GPU (CRS_FAST_TEST_DEVICE=cuda, bench/gpu_check.sh) both "triton" and "cuda"."""
 
 import os
 
@@ -15,6 +16,12 @@ require("triton")
 DEVICE = os.environ.get("CRS_FAST_TEST_DEVICE", "cpu")  # cuda on a GPU machine (bench/gpu_check.sh)
 
 DTYPES = [torch.float32, torch.float16, "bf16-upcast"]
+GPU_BACKENDS = ["triton", "cuda"] if DEVICE == "cuda" else ["triton"]
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def backend(request):
+    return request.param
 
 
 def _dt(dtype):
@@ -29,17 +36,17 @@ def _x(*shape, dtype, gen, scale=1.0, noncontig=False):
 @pytest.mark.parametrize("kind", ["k1", "abs", "k2", "k3", "k3+", "k1+"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("clamp", [None, 10.0])
-def test_kl(kind, dtype, clamp, gen):
+def test_kl(kind, dtype, clamp, backend, gen):
     lp, ref = _x(5, 37, dtype=dtype, gen=gen, scale=6.0, noncontig=True), _x(5, 37, dtype=dtype, gen=gen, scale=6.0)
     low = _dt(dtype)[1]
-    out = cf.kl_penalty(lp, ref, kind=kind, clamp=clamp, backend="triton")
+    out = cf.kl_penalty(lp, ref, kind=kind, clamp=clamp, backend=backend)
     check(
         out,
         low,
         R.kl_penalty(lp.double(), ref.double(), kind=kind, clamp=clamp),
         R.kl_penalty(lp, ref, kind=kind, clamp=clamp, compute=low),
     )
-    g = grad_of(lambda a: cf.kl_penalty(a, ref, kind=kind, clamp=clamp, backend="triton"), lp)[0]
+    g = grad_of(lambda a: cf.kl_penalty(a, ref, kind=kind, clamp=clamp, backend=backend), lp)[0]
     g_o = grad_of(lambda a: R.kl_penalty(a, ref.double(), kind=kind, clamp=clamp), lp.double())[0]
     g_l = grad_of(lambda a: R.kl_penalty(a, ref, kind=kind, clamp=clamp, compute=low), lp)[0]
     check(g, low, g_o, g_l, what="grad")
@@ -48,30 +55,30 @@ def test_kl(kind, dtype, clamp, gen):
 @pytest.mark.parametrize("agg", R.AGG_MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (4, 9), (3, 700)])
-def test_policy_and_value_loss(agg, dtype, shape, gen):
+def test_policy_and_value_loss(agg, dtype, shape, backend, gen):
     B, T = shape
     low = _dt(dtype)[1]
     lp = _x(B, T, dtype=dtype, gen=gen, scale=0.4)
     old, adv = (lp.float() + rand(B, T, gen=gen, scale=0.3).to(DEVICE)).to(low), _x(B, T, dtype=dtype, gen=gen)
     m = make_mask(B, T, gen=gen).to(DEVICE)
     kw = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0, agg=agg)
-    loss, stats = cf.ppo_policy_loss(lp, old, adv, m, backend="triton", **kw)
+    loss, stats = cf.ppo_policy_loss(lp, old, adv, m, backend=backend, **kw)
     o_loss, o_stats = R.ppo_policy_loss(lp.double(), old.double(), adv.double(), m, **kw)
     l_loss, l_stats = R.ppo_policy_loss(lp, old, adv, m, compute=low, **kw)
     check(loss, low, o_loss, l_loss, "reduction", "loss")
     for key in o_stats:
         check(stats[key], low, o_stats[key], l_stats[key], "reduction", key)
-    g = grad_of(lambda a: cf.ppo_policy_loss(a, old, adv, m, backend="triton", **kw)[0], lp)[0]
+    g = grad_of(lambda a: cf.ppo_policy_loss(a, old, adv, m, backend=backend, **kw)[0], lp)[0]
     g_o = grad_of(lambda a: R.ppo_policy_loss(a, old.double(), adv.double(), m, **kw)[0], lp.double())[0]
     g_l = grad_of(lambda a: R.ppo_policy_loss(a, old, adv, m, compute=low, **kw)[0], lp)[0]
     check(g, low, g_o, g_l, "reduction", "grad")
     ret = _x(B, T, dtype=dtype, gen=gen)
-    vl, vs = cf.ppo_value_loss(lp, old, ret, m, clip=0.2, agg=agg, backend="triton")
+    vl, vs = cf.ppo_value_loss(lp, old, ret, m, clip=0.2, agg=agg, backend=backend)
     o_vl, o_vs = R.ppo_value_loss(lp.double(), old.double(), ret.double(), m, clip=0.2, agg=agg)
     l_vl, l_vs = R.ppo_value_loss(lp, old, ret, m, clip=0.2, agg=agg, compute=low)
     check(vl, low, o_vl, l_vl, "reduction", "value loss")
     check(vs["clipfrac"], low, o_vs["clipfrac"], l_vs["clipfrac"], "reduction", "value clipfrac")
-    gv = grad_of(lambda a: cf.ppo_value_loss(a, old, ret, m, clip=0.2, agg=agg, backend="triton")[0], lp)[0]
+    gv = grad_of(lambda a: cf.ppo_value_loss(a, old, ret, m, clip=0.2, agg=agg, backend=backend)[0], lp)[0]
     gv_o = grad_of(lambda a: R.ppo_value_loss(a, old.double(), ret.double(), m, clip=0.2, agg=agg)[0], lp.double())[0]
     gv_l = grad_of(lambda a: R.ppo_value_loss(a, old, ret, m, clip=0.2, agg=agg, compute=low)[0], lp)[0]
     check(gv, low, gv_o, gv_l, "reduction", "value grad")
@@ -80,14 +87,14 @@ def test_policy_and_value_loss(agg, dtype, shape, gen):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 769), (2, 3, 2100)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs(dtype, shape, temperature, gen):
+def test_token_logprobs(dtype, shape, temperature, backend, gen):
     low = _dt(dtype)[1]
     z = _x(*shape, dtype=dtype, gen=gen, scale=3.0)
     y = torch.randint(0, shape[-1], shape[:-1], generator=gen)
     if y.numel() > 1:
         y.view(-1)[0] = -100
     y = y.to(DEVICE)
-    lp, ent = cf.token_logprobs(z, y, temperature=temperature, entropy=True, backend="triton")
+    lp, ent = cf.token_logprobs(z, y, temperature=temperature, entropy=True, backend=backend)
     o_lp, o_ent = R.token_logprobs(z.double(), y, temperature=temperature)
     l_lp, l_ent = R.token_logprobs(z, y, temperature=temperature, compute=low)
     check(lp, low, o_lp, l_lp, "reduction", "logprobs")
@@ -95,7 +102,7 @@ def test_token_logprobs(dtype, shape, temperature, gen):
     assert (lp <= 0).all() and (ent >= 0).all()
     w = [rand(*y.shape, gen=gen).double().to(DEVICE), rand(*y.shape, gen=gen).double().to(DEVICE)]
     g = grad_of(
-        lambda a: cf.token_logprobs(a, y, temperature=temperature, entropy=True, backend="triton"), z, weights=w
+        lambda a: cf.token_logprobs(a, y, temperature=temperature, entropy=True, backend=backend), z, weights=w
     )[0]
     g_o = grad_of(lambda a: R.token_logprobs(a, y, temperature=temperature), z.double(), weights=w)[0]
     g_l = grad_of(lambda a: R.token_logprobs(a, y, temperature=temperature, compute=low), z, weights=w)[0]
@@ -145,7 +152,7 @@ def test_linear_logprobs_float64_needs_another_backend():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 24, 7), (20, 100, 40, 20)])
 @pytest.mark.parametrize("extras", [False, True])
-def test_topk_scores(dtype, shape, extras, gen):
+def test_topk_scores(dtype, shape, extras, backend, gen):
     B, N, d, k = shape
     q = rand(B, d, dtype=dtype, gen=gen, noncontig=d > 1).to(DEVICE)
     items = rand(N, d, dtype=dtype, gen=gen).to(DEVICE)
@@ -156,7 +163,7 @@ def test_topk_scores(dtype, shape, extras, gen):
         items[N // 2] = float("nan")  # a NaN score never ranks
         if N > 4:  # exact ties: the lower index ranks first
             items[1], bias[1] = items[3], bias[3]
-    vals, idx = cf.topk_scores(q, items, k=k, bias=bias, exclude=exclude, backend="triton")
+    vals, idx = cf.topk_scores(q, items, k=k, bias=bias, exclude=exclude, backend=backend)
     o_vals, o_idx = R.topk_scores(q, items, k=k, bias=bias, exclude=exclude)
     torch.testing.assert_close(vals, o_vals, rtol=1e-5, atol=1e-5)
     if extras and N > 4:
@@ -177,12 +184,12 @@ def test_topk_large_k_needs_another_backend():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (5, 33), (20, 70)])
 @pytest.mark.parametrize("whiten", [True, False])
-def test_gae(mode, dtype, shape, whiten, gen):
+def test_gae(mode, dtype, shape, whiten, backend, gen):
     low = _dt(dtype)[1]
     r, v = _x(*shape, dtype=dtype, gen=gen, noncontig=shape[1] > 1), _x(*shape, dtype=dtype, gen=gen)
     m = make_mask(*shape, gen=gen).to(DEVICE)
     kw = dict(gamma=0.97, lam=0.9, mode=mode, whiten=whiten)
-    adv, ret = cf.gae(r, v, m, backend="triton", **kw)
+    adv, ret = cf.gae(r, v, m, backend=backend, **kw)
     o_adv, o_ret = R.gae(r.double(), v.double(), m, **kw)
     l_adv, l_ret = R.gae(r, v, m, compute=low, **kw)
     check(ret, low, o_ret, l_ret, "reduction", "returns")
@@ -210,11 +217,11 @@ def test_gae_variants(mode, variant, shape, gen):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (6, 33), (3, 1500)])
-def test_token_rewards(dtype, shape, gen):
+def test_token_rewards(dtype, shape, backend, gen):
     low = _dt(dtype)[1]
     scores, kl = _x(shape[0], dtype=dtype, gen=gen, scale=3.0), _x(*shape, dtype=dtype, gen=gen)
     m = make_mask(*shape, gen=gen).to(DEVICE)
-    out = cf.token_rewards(scores, kl, m, beta=0.05, clip=2.0, backend="triton")
+    out = cf.token_rewards(scores, kl, m, beta=0.05, clip=2.0, backend=backend)
     check(
         out,
         low,

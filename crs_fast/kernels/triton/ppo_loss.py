@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from .._rows import aggregate, grad_weights, params
+
 BLOCK = 512
 
 
@@ -88,25 +89,6 @@ def _rows_bwd(x_ptr, y_ptr, z_ptr, m_ptr, w_ptr, out_ptr, T, p0, p1, p2, POLICY:
         tl.store(out_ptr + idx, tl.where(on, w * g, 0.0).to(out_ptr.dtype.element_ty), mask=inb)
 
 
-def _weights(counts: torch.Tensor, T: int, agg: str) -> torch.Tensor:
-    """Each row's token weight in the aggregated loss (float64, [B])."""
-    c = counts.double()
-    rows = (c > 0).sum()
-    if agg == "token-mean":
-        n = c.sum()
-        return torch.where(n > 0, 1.0 / n.clamp(min=1), 0.0).expand_as(c).clone()
-    if agg == "seq-mean-token-mean":
-        return torch.where((c > 0) & (rows > 0), 1.0 / (c.clamp(min=1) * rows.clamp(min=1)), 0.0)
-    w = torch.where(rows > 0, 1.0 / rows.clamp(min=1), 0.0).expand_as(c).clone()
-    return w / T if agg == "seq-mean-token-sum-norm" else w
-
-
-def _params(policy: bool, lo: float, hi: float, dual: float, eps: float) -> tuple[float, float, float]:
-    if policy:
-        return lo, hi, dual
-    return (float("inf") if eps < 0 else eps), 0.0, 0.0
-
-
 def losses_forward(
     policy: bool,
     x: torch.Tensor,
@@ -123,14 +105,8 @@ def losses_forward(
     (loss, clipfrac) of the value loss (x=v, y=old_v, z=returns); ``m`` uint8."""
     B, T = x.shape
     parts = torch.empty(B, 5, dtype=torch.float32, device=x.device)
-    _rows_fwd[(B,)](x, y, z, m, parts, T, *_params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
-    p = parts.double()
-    counts = p[:, 4]
-    loss = float((p[:, 0] * _weights(counts, T, agg)).sum())
-    denom = max(float(counts.sum()), 1.0)
-    if policy:
-        return loss, float(p[:, 1].sum()) / denom, float(p[:, 2].sum()) / denom, float(p[:, 3].sum()) / denom
-    return 0.5 * loss, float(p[:, 1].sum()) / denom
+    _rows_fwd[(B,)](x, y, z, m, parts, T, *params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
+    return aggregate(policy, parts, T, agg)
 
 
 def losses_backward(
@@ -148,7 +124,7 @@ def losses_backward(
 ) -> torch.Tensor:
     """Gradient of the policy loss w.r.t. lp, or of the value loss w.r.t. v."""
     B, T = x.shape
-    w = _weights(m.ne(0).sum(dim=1), T, agg) * (grad if policy else 0.5 * grad)
+    w = grad_weights(policy, grad, m, agg)
     out = torch.empty_like(x)
-    _rows_bwd[(B,)](x, y, z, m, w.float(), out, T, *_params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
+    _rows_bwd[(B,)](x, y, z, m, w, out, T, *params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
     return out

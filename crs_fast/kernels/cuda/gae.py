@@ -1,0 +1,41 @@
+"""GAE on CUDA (csrc/gae/gae_cuda.cu): one block per row, affine block scans over time tiles;
+whitening then uses the reference's formula on the raw advantages."""
+
+import torch
+
+from ...ops import reference
+from ...ops._lib import _C, acc_dtype, dtype_code, ptr
+from . import stream
+
+_MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
+
+
+def gae(
+    r: torch.Tensor, v: torch.Tensor, m: torch.Tensor, gamma: float, lam: float, mode: str, whiten: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns) in r's dtype; ``m`` uint8 [B, T], contiguous inputs."""
+    B, T = r.shape
+    adv = torch.empty(B, T, dtype=acc_dtype(r), device=r.device)
+    ret = torch.empty_like(r)
+    last = reference.last_valid(m).contiguous()
+    _C.cuda_gae_scan(
+        dtype_code(r),
+        ptr(r),
+        ptr(v),
+        ptr(m),
+        ptr(last),
+        ptr(adv),
+        ptr(ret),
+        B,
+        T,
+        gamma,
+        gamma * lam,
+        _MODES[mode],
+        stream(r),
+    )
+    mf = (m != 0).to(adv.dtype)
+    if whiten:
+        adv = reference.standardize(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
+    if mode == "trl":
+        adv = adv * mf
+    return adv.to(r.dtype), ret
