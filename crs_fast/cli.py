@@ -8,14 +8,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crs-fast`` console script."""
     parser = argparse.ArgumentParser(prog="crs-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run every op at realistic shapes against its reference")
-    demo.add_argument("--quick", action="store_true", help="small shapes (seconds)")
+    ops_demo = sub.add_parser("ops-demo", help="run every op at realistic shapes against its reference")
+    ops_demo.add_argument("--quick", action="store_true", help="small shapes (seconds)")
     bench = sub.add_parser(
         "bench", help="benchmarks against the reference, torch.compile and published code", add_help=False
     )
     bench.add_argument("bench_args", nargs="*")
     from .crs import cli as data_cli
+    from .crs import rlhf_cli
 
+    rlhf_cli.add_commands(sub)
     data_cli.add_commands(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -24,10 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main([*args.bench_args, *rest])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "demo":
+    if args.command == "ops-demo":
         from .demo import run_demo
 
         return run_demo(quick=args.quick)
+    if args.command in rlhf_cli.STAGES:
+        return rlhf_cli.run(args)
     return data_cli.run(args)
 
 

@@ -1,0 +1,171 @@
+"""Evaluation of a recommender policy: ranking (Recall, NDCG, MRR at 1, 10, 50; standard and
+dedup), coherence (sentence-encoder similarity of context and response, distinct-1/2),
+satisfaction (the simulator's, R_phi's, ReDial's success rate and reward per dialogue length),
+and paired bootstrap confidence intervals between policies."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import models as M
+from .rlhf import Config, Scorer, pad_right, prompt, rollout
+from .schema import Catalog, Dialogue, Turn
+from .simulator import UserSimulator
+from .splits import rec_samples
+
+KS = (1, 10, 50)
+
+
+@dataclass
+class Sample:
+    """A ranking sample: the prompt, one ground-truth item, the items already mentioned."""
+
+    prompt: str
+    target: str
+    mentioned: list[str]
+
+
+def synthetic_samples(catalog: Catalog, seeds: Sequence[int]) -> list[Sample]:
+    """Held-out synthetic users: their first message, one sample per target item."""
+    out = []
+    user = UserSimulator(catalog)
+    for s in seeds:
+        first = user.reset(s)
+        for t in sorted(user.targets):
+            out.append(Sample(prompt([Turn("user", first)], catalog), t, list(user.liked)))
+    return out
+
+
+def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool) -> list[Sample]:
+    """One sample per ground-truth movie of each recommender turn (``rec_samples``)."""
+    return [
+        Sample(prompt(s.context, catalog), s.targets[0], s.mentioned)
+        for s in rec_samples(dialogues, dedup=dedup)
+        if s.targets[0] in catalog
+    ]
+
+
+@torch.no_grad()
+def ranks(
+    policy: M.Policy, tok, catalog: Catalog, samples: Sequence[Sample], cfg: Config, *, exclude: bool
+) -> list[int | None]:
+    """0-based rank of each sample's target among the policy's top 50 (None beyond), with the
+    mentioned items excluded from the ranking when ``exclude``."""
+    index = {i: n for n, i in enumerate(catalog.ids())}
+    out: list[int | None] = []
+    for i in range(0, len(samples), 32):
+        chunk = samples[i : i + 32]
+        seqs = [tok(s.prompt, add_special_tokens=False)["input_ids"][-cfg.max_context :] for s in chunk]
+        ids, attn = pad_right(seqs, tok.pad_token_id)
+        ex = None
+        if exclude:
+            m = max(1, max(len(s.mentioned) for s in chunk))
+            ex = torch.full((len(chunk), m), -1, dtype=torch.int64)
+            for j, s in enumerate(chunk):
+                known = [index[x] for x in s.mentioned if x in index]
+                ex[j, : len(known)] = torch.tensor(known, dtype=torch.int64)
+        top = policy.rank_items(ids, attn, max(KS), exclude=ex).tolist()
+        for s, row in zip(chunk, top, strict=True):
+            t = index[s.target]
+            out.append(row.index(t) if t in row else None)
+    return out
+
+
+def ranking_metrics(r: Sequence[int | None]) -> dict[str, float]:
+    """Recall@k, NDCG@k, MRR@k (one relevant item per sample) for k in 1, 10, 50."""
+    n = max(len(r), 1)
+    out = {}
+    for k in KS:
+        hit = [x is not None and x < k for x in r]
+        out[f"recall@{k}"] = sum(hit) / n
+        out[f"ndcg@{k}"] = sum(1 / math.log2(x + 2) for x, h in zip(r, hit, strict=True) if h) / n
+        out[f"mrr@{k}"] = sum(1 / (x + 1) for x, h in zip(r, hit, strict=True) if h) / n
+    out["n"] = len(r)
+    return out
+
+
+def distinct(texts: Sequence[str], n: int) -> float:
+    """Distinct-n: unique n-grams over all n-grams of the responses."""
+    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def dialogue_metrics(
+    policy, tok, catalog: Catalog, seeds: Sequence[int], cfg: Config, scorer: Scorer, encoder
+) -> tuple[dict, dict]:
+    """Satisfaction and coherence from greedy dialogues with held-out synthetic users; also the
+    per-user values (for paired bootstraps)."""
+    eps = rollout(policy, tok, catalog, seeds, cfg, scorer, sample=False)
+    ctx = [M.render(c, catalog) for e in eps for c in e.contexts]
+    resp = [M.render(r, catalog) for e in eps for r in e.responses]
+    coh = (encoder.encode(ctx) * encoder.encode(resp)).sum(-1) if resp else torch.zeros(0)
+    sat = [e.satisfaction for e in eps]
+    per = {"satisfaction": sat, "accepted": [float(e.accepted) for e in eps]}
+    out = {
+        "satisfaction": sum(sat) / max(len(sat), 1),
+        "accept_rate": sum(per["accepted"]) / max(len(eps), 1),
+        "rphi_reward": sum(sum(e.rewards) / max(len(e.rewards), 1) for e in eps) / max(len(eps), 1),
+        "coherence": float(coh.mean()) if len(coh) else 0.0,
+        "distinct1": distinct(resp, 1),
+        "distinct2": distinct(resp, 2),
+        "turns": sum(len(e.responses) for e in eps) / max(len(eps), 1),
+        "item_rate": sum(bool(r) for e in eps for r in e.recs) / max(sum(len(e.recs) for e in eps), 1),
+        "example": resp[:3],
+    }
+    return out, per
+
+
+def redial_success(policy, tok, catalog: Catalog, dialogues: Sequence[Dialogue], cfg: Config) -> dict[str, float]:
+    """ReDial success rate (the rank-1 movie of some recommender turn was liked or seen by the
+    seeker) and reward per dialogue length (1.0 liked, 0.5 seen, over the dialogue's turns)."""
+    rows, owners = [], []
+    for d in dialogues:
+        for i, t in enumerate(d.turns):
+            if t.role == "system" and t.items and i > 0:
+                rows.append(Sample(prompt(d.turns[:i], catalog), t.items[0], []))
+                owners.append(d)
+    if not rows:
+        return {"success_rate": float("nan"), "reward_per_length": float("nan")}
+    top1 = []
+    ids = catalog.ids()
+    for i in range(0, len(rows), 32):
+        chunk = rows[i : i + 32]
+        seqs = [tok(s.prompt, add_special_tokens=False)["input_ids"][-cfg.max_context :] for s in chunk]
+        x, a = pad_right(seqs, tok.pad_token_id)
+        top1 += [ids[j] for j in policy.rank_items(x, a, 1)[:, 0].tolist()]
+    success: dict[str, bool] = {}
+    reward: dict[str, float] = {}
+    for d, item in zip(owners, top1, strict=True):
+        lab = d.ratings.get("initiator", {}).get(item, {})
+        r = 1.0 if lab.get("liked") == 1 else 0.5 if lab.get("seen") == 1 else 0.0
+        success[d.id] = success.get(d.id, False) or r > 0
+        reward[d.id] = reward.get(d.id, 0.0) + r / max(len(d.turns), 1)
+    return {
+        "success_rate": sum(success.values()) / len(success),
+        "reward_per_length": sum(reward.values()) / len(reward),
+        "dialogues": len(success),
+    }
+
+
+def bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of mean(b - a): the mean and its 95% confidence interval."""
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    if not d:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    rng = random.Random(seed)
+    means = sorted(sum(d[rng.randrange(len(d))] for _ in d) / len(d) for _ in range(n))
+    return {"diff": sum(d) / len(d), "lo": means[int(0.025 * n)], "hi": means[min(n - 1, int(0.975 * n))]}
+
+
+_SEED_BASE = {"eval": 1_000_000_000, "val": 2_000_000_000, "train": 3_000_000_000}
+
+
+def synthetic_seed(cfg: Config, i: int, kind: str) -> int:
+    """Seed of synthetic user ``i`` of a split ("train" for PPO, "val" during training, "eval"
+    held out): disjoint ranges, none overlapping the logged synthetic dialogues' seeds."""
+    return _SEED_BASE[kind] + cfg.seed * 10_000_000 + i

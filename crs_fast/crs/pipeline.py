@@ -1,0 +1,426 @@
+"""The RLHF pipeline's stages as commands: ``crs-fast sft | train-rm | ppo | eval | demo``.
+
+Everything a stage writes goes under ``--out DIR``: ``sft/policy.safetensors``,
+``rm/reward_model.safetensors`` and ``rm/quality.json``, ``ppo/checkpoint/`` (written atomically
+every ``save_every`` iterations and on Ctrl-C; ``--resume`` continues from it), ``metrics.jsonl``
+(one JSON object per step or iteration, with its stage), ``eval.json`` and ``report.md`` (the
+comparison table), and ``plots/*.png``. TensorBoard event files too when ``tensorboard`` is
+installed. Models are rebuilt from the configuration and data (deterministic), then loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from . import evaluate as E
+from . import rlhf as R
+
+PUBLISHED = {  # ../shared/data/README.md: Recall@1/10/50 on ReDial
+    "KBRD": (0.030, 0.163, 0.338),
+    "KGSF": (0.039, 0.183, 0.378),
+    "UniCRS": (0.051, 0.224, 0.428),
+    "UniCRS (dedup)": (0.024, 0.180, 0.335),
+}
+
+
+class Tracker:
+    """metrics.jsonl (append; one object per call) and TensorBoard when available."""
+
+    def __init__(self, out: pathlib.Path) -> None:
+        self.path = out / "metrics.jsonl"
+        out.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except Exception:  # noqa: BLE001 - TensorBoard is optional
+            self.tb = None
+
+    def log(self, stage: str, step: int, values: dict[str, Any]) -> None:
+        row = {"stage": stage, "step": step, "time": time.time(), **values}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self.tb.add_scalar(f"{stage}/{k}", v, step)
+
+    def rows(self, stage: str) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [r for line in self.path.read_text().splitlines() if (r := json.loads(line))["stage"] == stage]
+
+
+@contextmanager
+def _progress(total: int, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+        disable=os.environ.get("CRS_FAST_NO_PROGRESS") == "1",
+    ) as p:
+        task = p.add_task(label, total=total, info="")
+
+        def advance(info: str = "", completed: int | None = None) -> None:
+            if completed is None:
+                p.advance(task)
+            else:
+                p.update(task, completed=completed)
+            p.update(task, info=info)
+
+        yield advance
+
+
+def _save_atomic(obj_writer, path: pathlib.Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    obj_writer(tmp)
+    os.replace(tmp, path)
+
+
+def save_policy(policy, path: pathlib.Path) -> None:
+    """The policy's weights (LM with item tokens, value head) as safetensors, atomically."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(lambda p: save_model(policy, str(p)), path)
+
+
+def load_policy(policy, path: pathlib.Path) -> None:
+    from safetensors.torch import load_model
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the stage that writes it first")
+    load_model(policy, str(path))
+
+
+def _setup(cfg: R.Config, out: pathlib.Path):
+    data = R.prepare_data(cfg, out / "data")
+    policy, tok = R.build_policy(cfg, data)
+    return data, policy, tok
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def run_sft(cfg: R.Config, out: pathlib.Path) -> pathlib.Path:
+    """SFT from the base model; writes ``sft/policy.safetensors``."""
+    data, policy, tok = _setup(cfg, out)
+    tracker = Tracker(out)
+    with _progress(cfg.sft_steps, "SFT") as advance:
+        R.sft(
+            policy,
+            tok,
+            data,
+            cfg,
+            progress=lambda s, row: (tracker.log("sft", s, row), advance(f"loss {row['sft_loss']:.3f}")),
+        )
+    path = out / "sft" / "policy.safetensors"
+    save_policy(policy, path)
+    return path
+
+
+def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None) -> dict:
+    """Train R_phi on the weak labels; writes ``rm/reward_model.safetensors`` and ``rm/quality.json``."""
+    from safetensors.torch import save_model
+
+    from .encoder import SentenceEncoder
+
+    data = R.prepare_data(cfg, out / "data")
+    encoder = encoder or SentenceEncoder()
+    train = R.rm_examples(data.train, data.catalog)
+    valid = R.rm_examples(data.valid, data.catalog)
+    rm, quality = R.train_reward_model(encoder, train, valid, cfg)
+    (out / "rm").mkdir(parents=True, exist_ok=True)
+    _save_atomic(lambda p: save_model(rm, str(p)), out / "rm" / "reward_model.safetensors")
+    (out / "rm" / "quality.json").write_text(json.dumps(quality, indent=2))
+    Tracker(out).log("rm", 0, quality)
+    return quality
+
+
+def _load_rm(out: pathlib.Path, dim: int) -> R.RewardModel:
+    from safetensors.torch import load_model
+
+    rm = R.RewardModel(dim=dim)
+    path = out / "rm" / "reward_model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `crs-fast train-rm` first")
+    load_model(rm, str(path))
+    return rm.eval()
+
+
+def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict) -> None:
+    from safetensors.torch import save_model
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(policy, str(tmp / "policy.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_ppo(cfg: R.Config, out: pathlib.Path, *, resume: bool = False, encoder=None, stop_after: int | None = None):
+    """Multi-turn PPO from the SFT policy against R_phi; writes ``ppo/policy.safetensors`` and
+    returns the trained policy. ``stop_after`` ends the run after that many iterations as Ctrl-C
+    would (tests)."""
+    from accelerate import Accelerator
+
+    from ..ops.token_rewards import AdaptiveKLController, FixedKLController
+    from .encoder import SentenceEncoder
+
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    data, policy, tok = _setup(cfg, out)
+    load_policy(policy, out / "sft" / "policy.safetensors")
+    ref = R.frozen_copy(policy)
+    encoder = encoder or SentenceEncoder()
+    scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.ppo_lr, weight_decay=0.0)
+    ctl = (
+        AdaptiveKLController(cfg.kl_beta, cfg.kl_target, cfg.kl_horizon)
+        if cfg.kl_target
+        else FixedKLController(cfg.kl_beta)
+    )
+    ckpt = out / "ppo" / "checkpoint"
+    start = 0
+    if resume and (ckpt / "state.json").exists():
+        load_policy(policy, ckpt / "policy.safetensors")
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        state = json.loads((ckpt / "state.json").read_text())
+        start, ctl.value = state["iteration"], state["beta"]
+    model, opt = acc.prepare(policy, opt)
+    tracker = Tracker(out) if acc.is_main_process else None
+    val_seeds = [E.synthetic_seed(cfg, i, "val") for i in range(cfg.val_users)]
+    val = E.synthetic_samples(data.catalog, val_seeds)
+    it = start
+    try:
+        with _progress(cfg.ppo_iters, "PPO") as advance:
+            advance("", completed=start)
+            for it in range(start, cfg.ppo_iters):
+                torch.manual_seed(cfg.seed * 7919 + it)
+                base = acc.unwrap_model(model)
+                seeds = [
+                    E.synthetic_seed(cfg, (it * acc.num_processes + acc.process_index) * cfg.episodes + j, "train")
+                    for j in range(cfg.episodes)
+                ]
+                eps = R.rollout(base, tok, data.catalog, seeds, cfg, scorer, gen_seed=cfg.seed * 104729 + it)
+                batch = R.make_batch(base, ref, eps, tok, ctl.value, cfg)
+                stats = R.ppo_update(model, opt, batch, cfg, acc)
+                kl_seq = float((batch.kl * batch.mask).sum(1).mean())
+                row = {
+                    "reward": sum(sum(e.rewards) for e in eps) / len(eps),
+                    "satisfaction": sum(e.satisfaction for e in eps) / len(eps),
+                    "kl": kl_seq,
+                    "beta": ctl.value,
+                    **stats,
+                }
+                ctl.update(kl_seq, cfg.episodes)
+                if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.ppo_iters:
+                    row["recall@10"] = E.ranking_metrics(E.ranks(base, tok, data.catalog, val, cfg, exclude=False))[
+                        "recall@10"
+                    ]
+                if tracker:
+                    tracker.log("ppo", it, row)
+                advance(f"reward {row['reward']:.3f} kl {kl_seq:.3f}")
+                if acc.is_main_process and ((it + 1) % cfg.save_every == 0):
+                    _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value})
+                if stop_after is not None and it + 1 - start >= stop_after and it + 1 < cfg.ppo_iters:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if acc.is_main_process:
+            _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value})
+            print(f"interrupted: checkpoint at iteration {it + 1} in {ckpt}; continue with --resume")
+        raise
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        save_policy(acc.unwrap_model(model), out / "ppo" / "policy.safetensors")
+    return acc.unwrap_model(model)
+
+
+def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None) -> dict:
+    """Evaluate the base (zero-shot), SFT and PPO policies; writes ``eval.json`` and ``report.md``."""
+    from .encoder import SentenceEncoder
+
+    data = R.prepare_data(cfg, out / "data")
+    encoder = encoder or SentenceEncoder()
+    scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
+    seeds = [E.synthetic_seed(cfg, i, "eval") for i in range(cfg.eval_users)]
+    samples = E.synthetic_samples(data.catalog, seeds)
+    result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
+    per: dict[str, dict] = {}
+    stages = [("base", None), ("sft", out / "sft" / "policy.safetensors"), ("ppo", out / "ppo" / "policy.safetensors")]
+    for name, path in stages:
+        if path is not None and not path.exists():
+            continue
+        _, policy, tok = _setup(cfg, out)
+        if path is not None:
+            load_policy(policy, path)
+        policy.eval()
+        r_std = E.ranks(policy, tok, data.catalog, samples, cfg, exclude=False)
+        r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg, exclude=True)
+        dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder)
+        res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}
+        per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
+        if data.redial_test:
+            std = E.redial_samples(data.redial_test, data.catalog, dedup=False)
+            ded = E.redial_samples(data.redial_test, data.catalog, dedup=True)
+            res["redial"] = {
+                "standard": E.ranking_metrics(E.ranks(policy, tok, data.catalog, std, cfg, exclude=False)),
+                "dedup": E.ranking_metrics(E.ranks(policy, tok, data.catalog, ded, cfg, exclude=True)),
+                **E.redial_success(policy, tok, data.catalog, data.redial_test, cfg),
+            }
+        result[name] = res
+    if "sft" in per and "ppo" in per:
+        result["ppo_vs_sft"] = {
+            k: E.bootstrap_diff(per["sft"][k], per["ppo"][k], n=cfg.bootstrap, seed=cfg.seed)
+            for k in ("satisfaction", "recall@10")
+        }
+    kl_rows = Tracker(out).rows("ppo")
+    if kl_rows:
+        result["ppo_kl_final"] = kl_rows[-1]["kl"]
+    rm_q = out / "rm" / "quality.json"
+    if rm_q.exists():
+        result["reward_model"] = json.loads(rm_q.read_text())
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    (out / "report.md").write_text(report(result))
+    return result
+
+
+def report(result: dict) -> str:
+    """The comparison table (Markdown)."""
+    lines = [
+        "| policy | data | R@1 | R@10 | R@50 | NDCG@10 | MRR@10 | R@10 dedup | satisfaction | coherence | distinct-2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("base", "sft", "ppo"):
+        res = result.get(name)
+        if not res:
+            continue
+        s = res["synthetic"]
+        st = s["standard"]
+        lines.append(
+            f"| {name} | synthetic | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
+            f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {s['dedup']['recall@10']:.3f} | {s['satisfaction']:.3f} | "
+            f"{s['coherence']:.3f} | {s['distinct2']:.3f} |"
+        )
+        if "redial" in res:
+            r = res["redial"]
+            st = r["standard"]
+            lines.append(
+                f"| {name} | ReDial test | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
+                f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {r['dedup']['recall@10']:.3f} | "
+                f"success {r['success_rate']:.3f} | - | - |"
+            )
+    for name, (r1, r10, r50) in PUBLISHED.items():
+        lines.append(f"| {name} (published) | ReDial | {r1:.3f} | {r10:.3f} | {r50:.3f} | - | - | - | - | - | - |")
+    if "ppo_vs_sft" in result:
+        lines.append("")
+        for k, v in result["ppo_vs_sft"].items():
+            lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f})")
+    if "ppo_kl_final" in result:
+        lines.append(
+            f"\nKL(PPO || SFT reference) per dialogue at the last iteration: {result['ppo_kl_final']:.4f} nats"
+        )
+    if "reward_model" in result:
+        q = result["reward_model"]
+        lines.append(
+            "\nR_phi held-out quality: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items() if isinstance(v, float))
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: pathlib.Path) -> list[pathlib.Path]:
+    """PNG plots of reward, KL, value loss and Recall@10 over PPO iterations (and the SFT loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tracker = Tracker(out)
+    rows = tracker.rows("ppo")
+    written = []
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    panels = [
+        ("reward", "R_phi reward per dialogue"),
+        ("kl", "KL to reference (nats / dialogue)"),
+        ("value_loss", "value loss"),
+        ("recall@10", "Recall@10 (validation users)"),
+    ]
+    if rows:
+        fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+        for ax, (key, title) in zip(axes, panels, strict=True):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3)
+            ax.set_title(title)
+            ax.set_xlabel("PPO iteration")
+        fig.tight_layout()
+        path = out / "plots" / "ppo.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    sft_rows = tracker.rows("sft")
+    if sft_rows:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([r["step"] for r in sft_rows], [r["sft_loss"] for r in sft_rows])
+        ax.set_title("SFT loss")
+        ax.set_xlabel("step")
+        fig.tight_layout()
+        path = out / "plots" / "sft.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run_demo(cfg: R.Config, out: pathlib.Path, *, quick: bool = False) -> dict:
+    """SFT -> R_phi -> PPO -> evaluation, the table and the plots; with ``quick`` also
+    ``metrics.json`` (Recall@10, NDCG@10, KL, coherence, satisfaction for base, SFT and PPO)."""
+    from .encoder import SentenceEncoder
+
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    encoder = SentenceEncoder()
+    run_sft(cfg, out)
+    run_train_rm(cfg, out, encoder=encoder)
+    run_ppo(cfg, out, encoder=encoder)
+    result = run_eval(cfg, out, encoder=encoder)
+    plots(out)
+    summary = {
+        name: {
+            "recall@10": result[name]["synthetic"]["standard"]["recall@10"],
+            "ndcg@10": result[name]["synthetic"]["standard"]["ndcg@10"],
+            "coherence": result[name]["synthetic"]["coherence"],
+            "satisfaction": result[name]["synthetic"]["satisfaction"],
+            "kl": 0.0 if name != "ppo" else result.get("ppo_kl_final", float("nan")),
+        }
+        for name in ("base", "sft", "ppo")
+        if name in result
+    }
+    summary["seconds"] = time.time() - t0
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print((out / "report.md").read_text())
+    return result

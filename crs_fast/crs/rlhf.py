@@ -1,0 +1,650 @@
+"""Implicit-feedback RLHF for the recommender: configuration, data, SFT, the reward model R_phi and
+multi-turn PPO. Every per-token step of PPO runs through crs_fast ops: log-probs and entropy from
+the LM head (``linear_logprobs``), the KL estimate (``kl_penalty``), per-token rewards
+(``token_rewards``), GAE over system tokens with user tokens masked (``gae``, verl mode), and the
+clipped policy and value losses.
+
+Hyper-parameters (the paper publishes none; ours, with the reason):
+
+* SFT: AdamW, lr 5e-5 (SmolLM2; 3e-3 for the tiny random model), batch 8, context cut to its last
+  160 tokens, responses to 24 tokens: enough to learn the "item token first" format in ~100 steps.
+* R_phi: a frozen MiniLM encoder, one MLP (1536 -> 128 -> 4) over [c, r, c*r, |c-r|] of context
+  and response embeddings; heads dwell (z-scored, MSE), sentiment (MSE), engagement (BCE),
+  satisfaction (MSE where labelled). Reward = 0.25 dwell + 1.0 sentiment + 0.5 (2 p_engage - 1)
+  + 0.5 satisfaction: sentiment is the most direct signal of a fitting suggestion, dwell is noisy.
+* PPO: 3 system turns per dialogue, responses of at most 12 new tokens, clip 0.2, value clip 0.2,
+  vf coef 0.5, entropy coef 0.001, gamma 1, lambda 0.95, k1 KL in the reward with an adaptive beta
+  (init 0.05, target 1.0 nat per dialogue), 2 PPO epochs, grad norm 1.0, lr 1e-5 (tiny: 1e-3).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import pathlib
+import random
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import ops
+from . import models as M
+from .labels import feedback_labels
+from .redial import load_redial, load_redial_catalog
+from .schema import Catalog, Dialogue, Turn, data_dir
+from .simulator import UserSimulator, generate_catalog, write_synthetic_redial
+
+EVAL_SEED_BASE = 10**9  # held-out synthetic users: seeds never used for training data or PPO
+
+
+@dataclass
+class Config:
+    """Every knob of the pipeline; ``Config.load(toml, **overrides)``."""
+
+    model: str = "smollm2"
+    seed: int = 0
+    real_data: str = "auto"  # auto | on | off: use ReDial (catalog, train/test) from the data dir
+    catalog_items: int = 600  # generated catalog size when no real catalog is used
+    synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
+    redial_train_max: int = 500
+    max_context: int = 160
+    max_response: int = 24
+    sft_steps: int = 100
+    sft_batch: int = 8
+    sft_lr: float = 5e-5
+    rm_epochs: int = 30
+    rm_lr: float = 1e-3
+    w_dwell: float = 0.25
+    w_sentiment: float = 1.0
+    w_engagement: float = 0.5
+    w_satisfaction: float = 0.5
+    ppo_iters: int = 20
+    episodes: int = 16
+    turns: int = 3
+    new_tokens: int = 12
+    ppo_epochs: int = 2
+    minibatch: int = 8
+    ppo_lr: float = 1e-5
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.001
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_beta: float = 0.05
+    kl_target: float | None = 1.0
+    kl_horizon: int = 200
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    eval_users: int = 200
+    eval_every: int = 5
+    val_users: int = 48
+    save_every: int = 5
+    redial_eval_max: int = 300
+    bootstrap: int = 1000
+    lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of the whole LM
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Config:
+        """The tiny model and small sizes: the CI pipeline (about a minute on 2 cores)."""
+        base = dict(
+            model="tiny",
+            catalog_items=120,
+            synthetic_users=160,
+            redial_train_max=150,
+            max_context=64,
+            max_response=16,
+            sft_steps=60,
+            sft_batch=16,
+            sft_lr=3e-3,
+            rm_epochs=40,
+            ppo_iters=12,
+            episodes=16,
+            new_tokens=8,
+            ppo_lr=1e-3,
+            eval_users=64,
+            eval_every=4,
+            val_users=24,
+            save_every=4,
+            redial_eval_max=60,
+            bootstrap=300,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path | None = None, *, quick: bool = False, **overrides: Any) -> Config:
+        """Defaults (or :meth:`quick`), then a TOML file's keys, then ``overrides`` (None ignored)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
+        return cls.quick(**values) if quick else cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON, checkpoints)."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class CRSData:
+    """The catalog, the logged dialogues for SFT and R_phi, and the ReDial test set (if real)."""
+
+    catalog: Catalog
+    train: list[Dialogue]
+    valid: list[Dialogue]
+    redial_test: list[Dialogue] | None
+    real: bool
+
+
+def _redial_paths() -> dict[str, pathlib.Path]:
+    root = data_dir() / "redial"
+    return {
+        n: root / f
+        for n, f in (
+            ("movies", "movies_with_mentions.csv"),
+            ("info", "movie_info.json"),
+            ("train", "train_data.jsonl"),
+            ("test", "test_data.jsonl"),
+        )
+    }
+
+
+def prepare_data(cfg: Config, workdir: pathlib.Path) -> CRSData:
+    """Catalog (ReDial's when the data directory has it and ``real_data`` allows, else generated),
+    synthetic logged dialogues over it, plus ReDial train/test when real."""
+    paths = _redial_paths()
+    have = all(p.exists() for p in paths.values())
+    if cfg.real_data == "on" and not have:
+        raise FileNotFoundError(f"real_data='on' but the ReDial files are missing under {data_dir() / 'redial'}")
+    real = have and cfg.real_data != "off"
+    if real:
+        catalog = load_redial_catalog(paths["movies"], paths["info"])
+    else:
+        catalog = generate_catalog(cfg.catalog_items, seed=cfg.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    synth_file = write_synthetic_redial(
+        catalog, cfg.synthetic_users, workdir / "synthetic_dialogues.jsonl", seed=cfg.seed
+    )
+    synth = list(load_redial(synth_file))
+    rng = random.Random(cfg.seed)
+    rng.shuffle(synth)
+    n_val = max(1, len(synth) // 10)
+    train, valid = synth[n_val:], synth[:n_val]
+    test = None
+    if real:
+        train += list(load_redial(paths["train"], on_error="skip"))[: cfg.redial_train_max]
+        test = list(load_redial(paths["test"], on_error="skip"))[: cfg.redial_eval_max]
+    return CRSData(catalog, train, valid, test, real)
+
+
+def turn_text(turn: Turn, catalog: Catalog) -> str:
+    """A turn's text on one line, ``@ID`` mentions as item tokens."""
+    return M.with_item_tokens(" ".join(turn.text.split()), turn.items, catalog)
+
+
+def prompt(turns: Sequence[Turn], catalog: Catalog) -> str:
+    """The dialogue so far and the cue for the next system turn."""
+    lines = [f"{'User' if t.role == 'user' else 'System'}: {turn_text(t, catalog)}" for t in turns]
+    return "\n".join([*lines, "System:"])
+
+
+def corpus(data: CRSData) -> list[str]:
+    """Texts the tiny model's word-level tokenizer is built from (with the simulator's phrases)."""
+    from . import simulator as S
+
+    texts = [prompt(d.turns, data.catalog) for d in data.train + data.valid]
+    texts += [it.title for it in data.catalog.items.values()]
+    for name in ("_GREET", "_GOOD", "_BAD", "_ACCEPT", "_LEAVE", "_ASK", "_SYS_SUGGEST", "_SYS_ASK"):
+        texts += getattr(S, name, [])
+    for it in data.catalog.items.values():
+        texts += [" ".join(v) for k, v in it.attributes.items() if k in ("genre", "star", "director")]
+    return texts
+
+
+def response_text(turn: Turn, catalog: Catalog) -> str:
+    """A system turn as the policy writes it: its first recommended item's token first (so the
+    next-token distribution after "System:" is the policy's ranking of the catalog, and PPO
+    shapes that choice directly), then the turn's text with mentions as item tokens."""
+    text = turn_text(turn, catalog)
+    first = next((i for i in turn.items if i in catalog), None)
+    return f" {M.item_token(first)} {text}" if first else f" {text}"
+
+
+def sft_pairs(dialogues: Sequence[Dialogue], catalog: Catalog) -> list[tuple[str, str]]:
+    """(prompt, system turn) for every system turn with some context."""
+    out = []
+    for d in dialogues:
+        for i, t in enumerate(d.turns):
+            if t.role == "system" and i > 0:
+                out.append((prompt(d.turns[:i], catalog), response_text(t, catalog)))
+    return out
+
+
+def encode_pair(tok, context: str, response: str, cfg: Config) -> tuple[list[int], list[int]]:
+    """Token ids of the context (its last ``max_context``) and of the response (+ EOS)."""
+    c = tok(context, add_special_tokens=False)["input_ids"][-cfg.max_context :]
+    r = tok(response, add_special_tokens=False)["input_ids"][: cfg.max_response] + [tok.eos_token_id]
+    return c, r
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, L] right-padded."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.int64)
+    mask = torch.zeros(len(seqs), L, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------ policy
+
+
+def build_policy(cfg: Config, data: CRSData) -> tuple[M.Policy, Any]:
+    """The base policy (item tokens added, value head) and its tokenizer."""
+    lm, tok = M.load_lm(cfg.model, corpus(data) if cfg.model == "tiny" else (), seed=cfg.seed)
+    item_ids = M.add_item_tokens(lm, tok, data.catalog)
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(
+            lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules=["q_proj", "v_proj"])
+        )
+    torch.manual_seed(cfg.seed)
+    return M.Policy(lm, item_ids), tok
+
+
+def sft(
+    policy: M.Policy, tok, data: CRSData, cfg: Config, *, progress: Callable[[int, dict], None] | None = None
+) -> list[dict]:
+    """Supervised fine-tuning on the system turns (items as item tokens): mean token NLL of the
+    response, from ``linear_logprobs``. Returns the per-step metrics."""
+    pairs = sft_pairs(data.train, data.catalog)
+    if not pairs:
+        raise ValueError("no system turns with context to fine-tune on")
+    encoded = [encode_pair(tok, c, r, cfg) for c, r in pairs]
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.sft_lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    history = []
+    policy.train()
+    for step in range(cfg.sft_steps):
+        batch = rng.sample(encoded, min(cfg.sft_batch, len(encoded)))
+        ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id)
+        target = torch.zeros_like(ids, dtype=torch.float32)
+        for i, (c, r) in enumerate(batch):
+            target[i, len(c) : len(c) + len(r)] = 1.0
+        lp, _, _ = policy.logprobs(ids, attn)
+        m = target[:, 1:]
+        loss = -(lp * m).sum() / m.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        row = {"step": step, "sft_loss": float(loss.detach())}
+        history.append(row)
+        if progress:
+            progress(step, row)
+    policy.eval()
+    return history
+
+
+# --------------------------------------------------------------------------------------- reward model
+
+HEADS = ("dwell", "sentiment", "engagement", "satisfaction")
+
+
+class RewardModel(nn.Module):
+    """R_phi: heads over frozen sentence embeddings of (context, response)."""
+
+    def __init__(self, dim: int = 384, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4 * dim, hidden), nn.GELU(), nn.Linear(hidden, len(HEADS)))
+        self.register_buffer("dwell_mu", torch.zeros(()))
+        self.register_buffer("dwell_sd", torch.ones(()))
+        self.register_buffer("weights", torch.tensor([0.25, 1.0, 0.5, 0.5]))
+
+    @staticmethod
+    def features(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return torch.cat([c, r, c * r, (c - r).abs()], dim=-1)
+
+    def forward(self, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Head outputs [n, 4]: dwell (z-scored), sentiment, engagement logit, satisfaction."""
+        return self.net(self.features(c, r))
+
+    def reward(self, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The scalar reward: w . (dwell_z, tanh sentiment, 2 sigmoid(engage) - 1, satisfaction)."""
+        o = self.forward(c, r)
+        parts = torch.stack([o[:, 0], torch.tanh(o[:, 1]), 2 * torch.sigmoid(o[:, 2]) - 1, o[:, 3]], dim=-1)
+        return parts @ self.weights
+
+
+def rm_examples(dialogues: Sequence[Dialogue], catalog: Catalog) -> list[tuple[str, str, list[float | None]]]:
+    """(context, response with item details, [dwell, sentiment, engaged, satisfaction]) per system
+    turn, from the weak implicit-feedback labels (ReDial format, real or synthetic)."""
+    labels = {(x.dialogue_id, x.turn_index): x for x in feedback_labels(dialogues)}
+    out = []
+    for d in dialogues:
+        for i, t in enumerate(d.turns):
+            lab = labels.get((d.id, i))
+            if t.role != "system" or i == 0 or lab is None:
+                continue
+            sent = lab.sentiment_liked if lab.sentiment_liked is not None else lab.sentiment_text
+            sat = lab.satisfaction
+            out.append(
+                (
+                    M.render(prompt(d.turns[:i], catalog), catalog),
+                    M.render(response_text(t, catalog).strip(), catalog, details=True),
+                    [None if lab.dwell is None else math.log1p(lab.dwell), sent, float(lab.engaged), sat],
+                )
+            )
+    return out
+
+
+def _auc(score: torch.Tensor, label: torch.Tensor) -> float:
+    pos, neg = score[label > 0.5], score[label <= 0.5]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return float((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean())
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks not needed: ties are rare in continuous data)."""
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12))
+
+
+def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -> tuple[RewardModel, dict[str, float]]:
+    """Fit R_phi on ``train`` examples (:func:`rm_examples`), report held-out quality on ``valid``:
+    Spearman for dwell, sentiment and satisfaction, AUC for engagement."""
+    torch.manual_seed(cfg.seed)
+
+    def tensors(ex):
+        c = encoder.encode([e[0] for e in ex])
+        r = encoder.encode([e[1] for e in ex])
+        y = torch.tensor([[float("nan") if v is None else v for v in e[2]] for e in ex], dtype=torch.float32)
+        return c, r, y
+
+    c, r, y = tensors(train)
+    rm = RewardModel(dim=c.shape[1])
+    rm.weights.copy_(torch.tensor([cfg.w_dwell, cfg.w_sentiment, cfg.w_engagement, cfg.w_satisfaction]))
+    d = y[:, 0][~y[:, 0].isnan()]
+    if len(d) > 1:
+        rm.dwell_mu.fill_(float(d.mean()))
+        rm.dwell_sd.fill_(float(d.std().clamp(min=1e-6)))
+    y[:, 0] = (y[:, 0] - rm.dwell_mu) / rm.dwell_sd
+    sat = y[:, 3][~y[:, 3].isnan()]
+    if len(sat):  # satisfaction scales differ by source (ratings, rewards per turn): to [0, 1]
+        lo, hi = float(sat.min()), float(sat.max())
+        y[:, 3] = (y[:, 3] - lo) / max(hi - lo, 1e-6)
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=1e-4)
+    x = rm.features(c, r)
+    for _ in range(cfg.rm_epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 256):
+            idx = perm[i : i + 256]
+            out = rm.net(x[idx])
+            yy = y[idx]
+            loss = torch.zeros(())
+            for h in range(4):
+                ok = ~yy[:, h].isnan()
+                if ok.any():
+                    if h == 2:
+                        loss = loss + nn.functional.binary_cross_entropy_with_logits(out[ok, h], yy[ok, h])
+                    else:
+                        loss = loss + nn.functional.mse_loss(out[ok, h], yy[ok, h])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    rm.eval()
+    quality: dict[str, float] = {}
+    if valid:
+        vc, vr, vy = tensors(valid)
+        with torch.no_grad():
+            out = rm(vc, vr)
+        vy[:, 0] = (vy[:, 0] - rm.dwell_mu) / rm.dwell_sd
+        for h, name in enumerate(HEADS):
+            ok = ~vy[:, h].isnan()
+            key = "engagement_auc" if h == 2 else f"{name}_spearman"
+            if ok.sum() < 3:
+                quality[key] = None  # too few labels
+            elif h == 2:
+                quality[key] = _auc(out[ok, h], vy[ok, h])
+            else:
+                quality[key] = spearman(out[ok, h], vy[ok, h])
+            if quality[key] is not None and math.isnan(quality[key]):
+                quality[key] = None  # one class only (AUC undefined)
+        quality["n_valid"] = len(valid)
+    quality["n_train"] = len(train)
+    return rm, quality
+
+
+class Scorer:
+    """R_phi on text: reward of a rendered (context, response)."""
+
+    def __init__(self, rm: RewardModel, encoder, catalog: Catalog) -> None:
+        self.rm, self.encoder, self.catalog = rm, encoder, catalog
+
+    @torch.no_grad()
+    def __call__(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
+        c = self.encoder.encode([M.render(x, self.catalog) for x in contexts])
+        r = self.encoder.encode([M.render(x, self.catalog, details=True) for x in responses])
+        return self.rm.reward(c, r)
+
+
+# ------------------------------------------------------------------------------------------- rollouts
+
+
+@dataclass
+class Episode:
+    """One simulated dialogue: token ids, which were generated, where each system turn ends, and
+    the per-turn reward, simulator feedback and texts."""
+
+    seed: int
+    ids: list[int]
+    gen: list[int]
+    turn_ends: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    satisfaction: float = 0.0
+    accepted: bool = False
+    contexts: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    recs: list[list[str]] = field(default_factory=list)
+
+
+def _user_piece(tok, text: str, first: bool) -> list[int]:
+    s = f"User: {text}\nSystem:" if first else f"\nUser: {text}\nSystem:"
+    return tok(s, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def rollout(
+    policy: M.Policy,
+    tok,
+    catalog: Catalog,
+    seeds: Sequence[int],
+    cfg: Config,
+    scorer: Scorer | None,
+    *,
+    sample: bool = True,
+    gen_seed: int = 0,
+) -> list[Episode]:
+    """Multi-turn dialogues with synthetic users: the policy writes each system turn (sampling, or
+    greedy when ``sample`` is False), the simulator answers, R_phi scores each system turn."""
+    policy.eval()
+    users = [UserSimulator(catalog, budget=cfg.turns) for _ in seeds]
+    eps = []
+    for u, s in zip(users, seeds, strict=True):
+        first = u.reset(s)
+        ids = _user_piece(tok, first, True)
+        eps.append(Episode(s, ids, [0] * len(ids)))
+        eps[-1].history = [Turn("user", first)]  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(gen_seed)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    for _ in range(cfg.turns):
+        live = [i for i, u in enumerate(users) if not u.done]
+        if not live:
+            break
+        ctx = [eps[i].ids[-cfg.max_context :] for i in live]
+        L = max(len(c) for c in ctx)
+        ids = torch.full((len(live), L), pad, dtype=torch.int64)
+        attn = torch.zeros_like(ids)
+        for j, c in enumerate(ctx):  # left padding for generation
+            ids[j, L - len(c) :] = torch.tensor(c)
+            attn[j, L - len(c) :] = 1
+        out = _generate(policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen)
+        for j, i in enumerate(live):
+            resp = out[j].tolist()
+            if eos in resp:
+                resp = resp[: resp.index(eos) + 1]
+            else:
+                resp = resp + [eos]
+            text = tok.decode(resp[:-1], skip_special_tokens=False).strip()
+            items = [x for x in M.items_in(text) if x in catalog]
+            e = eps[i]
+            e.contexts.append(tok.decode(e.ids, skip_special_tokens=False))
+            e.responses.append(text)
+            e.recs.append(items)
+            e.ids += resp
+            e.gen += [1] * len(resp)
+            e.turn_ends.append(len(e.ids) - 1)
+            reply, fb, done = users[i].step(M.render(text, catalog), items)
+            e.satisfaction, e.accepted = fb.satisfaction, fb.accepted
+            if not done:
+                piece = _user_piece(tok, reply, False)
+                e.ids += piece
+                e.gen += [0] * len(piece)
+    if scorer is not None:
+        flat = [(e, k) for e in eps for k in range(len(e.responses))]
+        if flat:
+            r = scorer([e.contexts[k] for e, k in flat], [e.responses[k] for e, k in flat])
+            for (e, _), v in zip(flat, r.tolist(), strict=True):
+                e.rewards.append(v)
+    return eps
+
+
+def _generate(policy: M.Policy, ids, attn, n: int, eos: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """Sample ``n`` tokens per row (KV cache through the LM's forward); greedy when temperature is 0."""
+    lm = policy.lm
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    out = lm(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]
+    toks = []
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    for _ in range(n):
+        if temperature > 0:
+            p = torch.softmax(logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(p, 1, generator=gen).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        toks.append(nxt)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+        pos = pos[:, -1:] + 1
+        out = lm(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+    return torch.stack(toks, 1)
+
+
+# ----------------------------------------------------------------------------------------------- PPO
+
+
+@dataclass
+class PPOBatch:
+    ids: torch.Tensor
+    attn: torch.Tensor
+    mask: torch.Tensor  # [B, L-1]: 1 where token t+1 was generated by the policy
+    old_lp: torch.Tensor
+    old_v: torch.Tensor
+    adv: torch.Tensor
+    ret: torch.Tensor
+    kl: torch.Tensor
+
+
+@torch.no_grad()
+def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, beta: float, cfg: Config) -> PPOBatch:
+    """Old log-probs and values, reference log-probs, per-token rewards (R_phi's turn reward at each
+    system turn's last token, -beta * KL on every system token) and GAE with user tokens masked."""
+    ids, attn = pad_right([e.ids for e in eps], tok.pad_token_id)
+    gen, _ = pad_right([e.gen for e in eps], 0)
+    mask = gen[:, 1:].float()
+    lp, _, v = policy.logprobs(ids, attn)
+    ref_lp, _, _ = ref.logprobs(ids, attn)
+    kl = ops.kl_penalty(lp, ref_lp, kind="k1") * mask
+    scores = torch.zeros(len(eps))
+    rewards = ops.token_rewards(scores, kl, mask, beta=beta)
+    for b, e in enumerate(eps):
+        for pos, r in zip(e.turn_ends, e.rewards, strict=False):
+            rewards[b, pos - 1] += r  # logits index pos-1 predicts token pos
+    adv, ret = ops.gae(rewards, v * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
+    return PPOBatch(ids, attn, mask, lp, v, adv, ret, kl)
+
+
+def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=None) -> dict[str, float]:
+    """PPO epochs over mini-batches of dialogues: clipped policy loss, clipped value loss, entropy
+    bonus; gradient clipping. Returns mean statistics."""
+    policy.train()
+    B = batch.ids.shape[0]
+    stats: dict[str, list[float]] = {}
+    g = torch.Generator().manual_seed(int(batch.ids.sum()) % (2**31))
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(B, generator=g)
+        for i in range(0, B, cfg.minibatch):
+            idx = perm[i : i + cfg.minibatch]
+            m = batch.mask[idx]
+            if m.sum() == 0:
+                continue
+            lp, ent, v = policy(batch.ids[idx], batch.attn[idx])
+            pl, ps = ops.ppo_policy_loss(
+                lp, batch.old_lp[idx], batch.adv[idx], m, clip_low=cfg.clip, clip_high=cfg.clip
+            )
+            vl, vs = ops.ppo_value_loss(v, batch.old_v[idx], batch.ret[idx], m, clip=cfg.value_clip)
+            entropy = (ent * m).sum() / m.sum()
+            loss = pl + cfg.vf_coef * vl - cfg.ent_coef * entropy
+            opt.zero_grad(set_to_none=True)
+            if accelerator is not None:
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            for k, val in (
+                ("policy_loss", pl),
+                ("value_loss", vl),
+                ("entropy", entropy),
+                ("clipfrac", ps["clipfrac"]),
+                ("approx_kl", ps["approx_kl"]),
+            ):
+                stats.setdefault(k, []).append(float(val.detach() if torch.is_tensor(val) else val))
+    policy.eval()
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def frozen_copy(policy: M.Policy) -> M.Policy:
+    """The reference policy: a frozen copy."""
+    ref = copy.deepcopy(policy)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref.eval()

@@ -1,0 +1,80 @@
+"""``crs-fast sft | train-rm | ppo | eval | demo``: the RLHF pipeline's commands."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import pathlib
+import sys
+
+STAGES = {
+    "sft": "supervised fine-tuning of the policy on the logged system turns",
+    "train-rm": "train the reward model R_phi on implicit feedback (dwell, sentiment, engagement, satisfaction)",
+    "ppo": "multi-turn PPO against R_phi with a KL penalty to the SFT policy",
+    "eval": "evaluate base, SFT and PPO: top-k accuracy, coherence, satisfaction; writes eval.json, report.md",
+    "demo": "the whole pipeline: SFT -> R_phi -> PPO -> evaluation, the comparison table and plots",
+}
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the pipeline's commands."""
+    for name, help_ in STAGES.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", type=pathlib.Path, help="TOML file of Config keys (crs_fast/crs/rlhf.py)")
+        p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/crs"), help="output directory")
+        p.add_argument("--quick", action="store_true", help="the tiny model and small sizes (CI, ~1-2 minutes)")
+        p.add_argument("--model", help="'smollm2' (default), 'tiny' or a local Hugging Face model directory")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--real-data", choices=["auto", "on", "off"], help="use ReDial from $CRS_FAST_DATA")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any Config key, repeatable")
+        if name == "ppo":
+            p.add_argument("--resume", action="store_true", help="continue from ppo/checkpoint in --out")
+
+
+def _config(args: argparse.Namespace):
+    from .rlhf import Config
+
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            extra[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[key] = value
+    try:
+        return Config.load(
+            args.config, quick=args.quick, model=args.model, seed=args.seed, real_data=args.real_data, **extra
+        )
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"crs-fast {args.command}: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one pipeline command; Ctrl-C during PPO leaves a checkpoint and exits with 130."""
+    from . import pipeline as P
+
+    cfg = _config(args)
+    out = args.out
+    try:
+        if args.command == "sft":
+            print(f"SFT policy: {P.run_sft(cfg, out)}")
+        elif args.command == "train-rm":
+            print(f"R_phi held-out quality: {P.run_train_rm(cfg, out)}")
+        elif args.command == "ppo":
+            P.run_ppo(cfg, out, resume=args.resume)
+            print(f"PPO policy: {out / 'ppo' / 'policy.safetensors'}")
+            P.plots(out)
+        elif args.command == "eval":
+            P.run_eval(cfg, out)
+            print((out / "report.md").read_text())
+        else:
+            P.run_demo(cfg, out, quick=args.quick)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except FileNotFoundError as exc:
+        print(f"crs-fast {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
