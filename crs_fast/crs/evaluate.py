@@ -51,29 +51,43 @@ def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bo
 
 
 @torch.no_grad()
-def ranks(
-    policy: M.Policy, tok, catalog: Catalog, samples: Sequence[Sample], cfg: Config, *, exclude: bool
-) -> list[int | None]:
-    """0-based rank of each sample's target among the policy's top 50 (None beyond), with the
-    mentioned items excluded from the ranking when ``exclude``."""
-    index = {i: n for n, i in enumerate(catalog.ids())}
-    out: list[int | None] = []
-    for i in range(0, len(samples), 32):
-        chunk = samples[i : i + 32]
-        seqs = [tok(s.prompt, add_special_tokens=False)["input_ids"][-cfg.max_context :] for s in chunk]
+def top_lists(policy: M.Policy, tok, prompts: Sequence[str], k: int, cfg: Config) -> dict[str, list[int]]:
+    """The policy's top-``k`` catalog indices for each distinct prompt (one forward per prompt)."""
+    todo = list(dict.fromkeys(prompts))
+    out: dict[str, list[int]] = {}
+    for i in range(0, len(todo), 32):
+        chunk = todo[i : i + 32]
+        seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in chunk]
         ids, attn = pad_right(seqs, tok.pad_token_id)
-        ex = None
-        if exclude:
-            m = max(1, max(len(s.mentioned) for s in chunk))
-            ex = torch.full((len(chunk), m), -1, dtype=torch.int64)
-            for j, s in enumerate(chunk):
-                known = [index[x] for x in s.mentioned if x in index]
-                ex[j, : len(known)] = torch.tensor(known, dtype=torch.int64)
-        top = policy.rank_items(ids, attn, max(KS), exclude=ex).tolist()
-        for s, row in zip(chunk, top, strict=True):
-            t = index[s.target]
-            out.append(row.index(t) if t in row else None)
+        out.update(zip(chunk, policy.rank_items(ids, attn, k).tolist(), strict=True))
     return out
+
+
+def ranks(
+    policy: M.Policy,
+    tok,
+    catalog: Catalog,
+    samples: Sequence[Sample],
+    cfg: Config,
+    lists: dict[str, list[int]] | None = None,
+) -> tuple[list[int | None], list[int | None]]:
+    """0-based rank of each sample's target within the policy's top 50 (None beyond): standard,
+    and with the items already mentioned excluded from the ranking ("dedup"). One forward per
+    distinct context (``lists`` from :func:`top_lists` may be passed in): the dedup ranking
+    skips mentioned items in a longer list."""
+    index = {i: n for n, i in enumerate(catalog.ids())}
+    extra = max((len(s.mentioned) for s in samples), default=0)
+    if lists is None:
+        lists = top_lists(policy, tok, [s.prompt for s in samples], min(len(index), max(KS) + extra), cfg)
+    std: list[int | None] = []
+    dedup: list[int | None] = []
+    for s in samples:
+        row, t = lists[s.prompt], index[s.target]
+        std.append(row.index(t) if t in row[: max(KS)] else None)
+        banned = {index[x] for x in s.mentioned if x in index}
+        kept = [x for x in row if x not in banned][: max(KS)]
+        dedup.append(kept.index(t) if t in kept else None)
+    return std, dedup
 
 
 def ranking_metrics(r: Sequence[int | None]) -> dict[str, float]:
@@ -120,28 +134,26 @@ def dialogue_metrics(
     return out, per
 
 
-def redial_success(policy, tok, catalog: Catalog, dialogues: Sequence[Dialogue], cfg: Config) -> dict[str, float]:
+def redial_success(
+    policy, tok, catalog: Catalog, dialogues: Sequence[Dialogue], cfg: Config, lists: dict[str, list[int]] | None = None
+) -> dict[str, float]:
     """ReDial success rate (the rank-1 movie of some recommender turn was liked or seen by the
     seeker) and reward per dialogue length (1.0 liked, 0.5 seen, over the dialogue's turns)."""
-    rows, owners = [], []
-    for d in dialogues:
-        for i, t in enumerate(d.turns):
-            if t.role == "system" and t.items and i > 0:
-                rows.append(Sample(prompt(d.turns[:i], catalog), t.items[0], []))
-                owners.append(d)
+    rows = [
+        (d, prompt(d.turns[:i], catalog))
+        for d in dialogues
+        for i, t in enumerate(d.turns)
+        if t.role == "system" and t.items and i > 0
+    ]
     if not rows:
-        return {"success_rate": float("nan"), "reward_per_length": float("nan")}
-    top1 = []
+        return {"success_rate": float("nan"), "reward_per_length": float("nan"), "dialogues": 0}
     ids = catalog.ids()
-    for i in range(0, len(rows), 32):
-        chunk = rows[i : i + 32]
-        seqs = [tok(s.prompt, add_special_tokens=False)["input_ids"][-cfg.max_context :] for s in chunk]
-        x, a = pad_right(seqs, tok.pad_token_id)
-        top1 += [ids[j] for j in policy.rank_items(x, a, 1)[:, 0].tolist()]
+    if lists is None:
+        lists = top_lists(policy, tok, [p for _, p in rows], 1, cfg)
     success: dict[str, bool] = {}
     reward: dict[str, float] = {}
-    for d, item in zip(owners, top1, strict=True):
-        lab = d.ratings.get("initiator", {}).get(item, {})
+    for d, p in rows:
+        lab = d.ratings.get("initiator", {}).get(ids[lists[p][0]], {})
         r = 1.0 if lab.get("liked") == 1 else 0.5 if lab.get("seen") == 1 else 0.0
         success[d.id] = success.get(d.id, False) or r > 0
         reward[d.id] = reward.get(d.id, 0.0) + r / max(len(d.turns), 1)

@@ -21,6 +21,7 @@ import pathlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,12 +92,19 @@ def load_lm(spec: str = "smollm2", corpus: Iterable[str] = (), *, seed: int = 0)
         cached = cache_dir() / "smollm2-135m-instruct"
         if not (cached / "config.json").exists():
             src = _smollm2_dir()
-            model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+            loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-            tmp = cached.with_name(cached.name + ".tmp")
+            # the dequantised weights in a plain model (a GGUF-loaded one refuses save_pretrained)
+            config = loaded.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            model = type(loaded)(config)
+            model.load_state_dict(loaded.state_dict())
+            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            tmp.replace(cached) if not cached.exists() else None
+            if not cached.exists():
+                tmp.replace(cached)
         spec = str(cached)
     path = pathlib.Path(spec)
     if not path.exists():
@@ -128,10 +136,20 @@ def add_item_tokens(model: nn.Module, tok, catalog: Catalog) -> torch.Tensor:
     return new_ids
 
 
-class Policy(nn.Module):
-    """A causal LM with item tokens and a value head on its final hidden states."""
+class _StopTrunk(Exception):
+    """Raised by the pre-hook of the first trained layer: the trunk's output is captured."""
 
-    def __init__(self, lm: nn.Module, item_ids: torch.Tensor) -> None:
+
+class Policy(nn.Module):
+    """A causal LM with item tokens and a value head on its final hidden states.
+
+    ``train_layers = n > 0`` trains only the top ``n`` decoder layers, the final norm, an untied
+    copy of the LM head and the value head: the frozen trunk's activations (embeddings and the
+    lower layers) are computed once per batch without gradients and shared by the policy, the
+    reference and the value head (:meth:`trunk`, then :meth:`top`). ``n = 0`` trains everything.
+    """
+
+    def __init__(self, lm: nn.Module, item_ids: torch.Tensor, train_layers: int = 0) -> None:
         super().__init__()
         self.lm = lm
         hidden = lm.config.hidden_size
@@ -139,6 +157,17 @@ class Policy(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.register_buffer("item_ids", item_ids.clone(), persistent=False)
+        layers = self.backbone().layers
+        if not 0 <= train_layers <= len(layers):
+            raise ValueError(f"train_layers must be in [0, {len(layers)}], got {train_layers}")
+        self.train_layers = train_layers
+        self.out_head: nn.Parameter | None = None
+        if train_layers:
+            for p in lm.parameters():
+                p.requires_grad_(False)
+            for p in [*layers[len(layers) - train_layers :].parameters(), *self.backbone().norm.parameters()]:
+                p.requires_grad_(True)
+            self.out_head = nn.Parameter(lm.get_output_embeddings().weight.detach().clone())
 
     def backbone(self) -> nn.Module:
         """The decoder stack (under a PEFT wrapper too)."""
@@ -146,25 +175,85 @@ class Policy(nn.Module):
         return base.model
 
     def head(self) -> torch.Tensor:
-        """The LM head's weight [V, H]."""
-        return self.lm.get_output_embeddings().weight
+        """The LM head's weight [V, H] (the trainable untied copy when training the top layers)."""
+        return self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        """The frozen trunk's output and the decoder-layer arguments (mask, rotary embeddings), or
+        None when every layer trains. Captured from the model's own forward by a pre-hook on the
+        first trained layer, so no model internals are re-implemented."""
+        if not self.train_layers:
+            return None
+        layers = self.backbone().layers
+        first = layers[len(layers) - self.train_layers]
+        captured: dict[str, Any] = {}
+
+        def hook(module, args, kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            raise _StopTrunk
+
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.backbone()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopTrunk:
+            pass
+        finally:
+            handle.remove()
+        kwargs = {
+            k: v for k, v in captured["kwargs"].items() if k not in ("cache", "past_key_values", "past_key_value")
+        }
+        kwargs["use_cache"] = False
+        h = captured["args"][0] if captured["args"] else kwargs.pop("hidden_states")
+        return h, kwargs
+
+    def top(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
+        """Final hidden states [B, T, H] from the trunk's ``state`` (computed if None)."""
+        if not self.train_layers:
+            return self.backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h, kwargs = state if state is not None else self.trunk(input_ids, attention_mask)
+        layers = self.backbone().layers
+        for layer in layers[len(layers) - self.train_layers :]:
+            out = layer(h, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        return self.backbone().norm(h)
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Final hidden states [B, T, H]."""
-        return self.backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.top(input_ids, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        select: torch.Tensor | None = None,
+        state: Any = None,
+    ) -> tuple[torch.Tensor, ...]:
         """:meth:`logprobs` (the module's forward, so DDP wrappers synchronise its gradients)."""
-        return self.logprobs(input_ids, attention_mask)
+        return self.logprobs(input_ids, attention_mask, select=select, state=state)
 
     def logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        select: torch.Tensor | None = None,
+        state: Any = None,
+        temperature: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log p(x_t | x_<t), entropy, value) for t = 1..T-1, each [B, T-1]; through
-        ``crs_fast.linear_logprobs`` (the LM head fused, no [B, T, V] logits)."""
-        h = self.hidden(input_ids, attention_mask)
-        lp, ent = ops.linear_logprobs(h[:, :-1], self.head(), input_ids[:, 1:], temperature=temperature, entropy=True)
-        values = self.value_head(h[:, :-1]).squeeze(-1)
+        """(log p(x_t | x_<t), entropy, value) for t = 1..T-1, each [B, T-1], through
+        ``crs_fast.linear_logprobs`` (the LM head fused, no [B, T, V] logits). With ``select``
+        (bool [B, T-1]) only those positions go through the LM head; the others are 0."""
+        h = self.top(input_ids, attention_mask, state)[:, :-1]
+        values = self.value_head(h).squeeze(-1)
+        labels = input_ids[:, 1:]
+        if select is None:
+            lp, ent = ops.linear_logprobs(h, self.head(), labels, temperature=temperature, entropy=True)
+            return lp, ent, values
+        sel = select.bool()
+        lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
+        lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
+        ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
         return lp, ent, values
 
     @torch.no_grad()

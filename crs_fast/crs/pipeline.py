@@ -142,7 +142,9 @@ def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None) -> dict:
 
     data = R.prepare_data(cfg, out / "data")
     encoder = encoder or SentenceEncoder()
-    train = R.rm_examples(data.train, data.catalog)
+    synthetic = [d for d in data.train if d.id.startswith("synth")]
+    real = [d for d in data.train if not d.id.startswith("synth")][: cfg.rm_redial_max]
+    train = R.rm_examples(synthetic + real, data.catalog)
     valid = R.rm_examples(data.valid, data.catalog)
     rm, quality = R.train_reward_model(encoder, train, valid, cfg)
     (out / "rm").mkdir(parents=True, exist_ok=True)
@@ -237,9 +239,7 @@ def run_ppo(cfg: R.Config, out: pathlib.Path, *, resume: bool = False, encoder=N
                 }
                 ctl.update(kl_seq, cfg.episodes)
                 if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.ppo_iters:
-                    row["recall@10"] = E.ranking_metrics(E.ranks(base, tok, data.catalog, val, cfg, exclude=False))[
-                        "recall@10"
-                    ]
+                    row["recall@10"] = E.ranking_metrics(E.ranks(base, tok, data.catalog, val, cfg)[0])["recall@10"]
                 if tracker:
                     tracker.log("ppo", it, row)
                 advance(f"reward {row['reward']:.3f} kl {kl_seq:.3f}")
@@ -277,18 +277,27 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None) -> dict:
         if path is not None:
             load_policy(policy, path)
         policy.eval()
-        r_std = E.ranks(policy, tok, data.catalog, samples, cfg, exclude=False)
-        r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg, exclude=True)
+        r_std, r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg)
         dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder)
         res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}
         per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
         if data.redial_test:
-            std = E.redial_samples(data.redial_test, data.catalog, dedup=False)
-            ded = E.redial_samples(data.redial_test, data.catalog, dedup=True)
+            std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
+            ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
+            k = min(len(data.catalog), max(E.KS) + max((len(x.mentioned) for x in std_s), default=0))
+            prompts = [x.prompt for x in std_s] + [
+                R.prompt(d.turns[:i], data.catalog)
+                for d in data.redial_test
+                for i, t in enumerate(d.turns)
+                if t.role == "system" and t.items and i > 0
+            ]
+            lists = E.top_lists(policy, tok, prompts, k, cfg)  # one forward per context, shared below
+            std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
+            _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
             res["redial"] = {
-                "standard": E.ranking_metrics(E.ranks(policy, tok, data.catalog, std, cfg, exclude=False)),
-                "dedup": E.ranking_metrics(E.ranks(policy, tok, data.catalog, ded, cfg, exclude=True)),
-                **E.redial_success(policy, tok, data.catalog, data.redial_test, cfg),
+                "standard": E.ranking_metrics(std),
+                "dedup": E.ranking_metrics(ded),
+                **E.redial_success(policy, tok, data.catalog, data.redial_test, cfg, lists),
             }
         result[name] = res
     if "sft" in per and "ppo" in per:

@@ -52,24 +52,25 @@ class Config:
     catalog_items: int = 600  # generated catalog size when no real catalog is used
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 500
-    max_context: int = 160
+    rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)
+    max_context: int = 128
     max_response: int = 24
-    sft_steps: int = 100
+    sft_steps: int = 60
     sft_batch: int = 8
-    sft_lr: float = 5e-5
+    sft_lr: float = 5e-4
     rm_epochs: int = 30
     rm_lr: float = 1e-3
     w_dwell: float = 0.25
     w_sentiment: float = 1.0
     w_engagement: float = 0.5
     w_satisfaction: float = 0.5
-    ppo_iters: int = 20
+    ppo_iters: int = 12
     episodes: int = 16
     turns: int = 3
-    new_tokens: int = 12
+    new_tokens: int = 8
     ppo_epochs: int = 2
     minibatch: int = 8
-    ppo_lr: float = 1e-5
+    ppo_lr: float = 1e-4
     clip: float = 0.2
     value_clip: float = 0.2
     vf_coef: float = 0.5
@@ -81,13 +82,14 @@ class Config:
     kl_horizon: int = 200
     max_grad_norm: float = 1.0
     temperature: float = 1.0
-    eval_users: int = 200
-    eval_every: int = 5
-    val_users: int = 48
-    save_every: int = 5
-    redial_eval_max: int = 300
+    eval_users: int = 96
+    eval_every: int = 4
+    val_users: int = 32
+    save_every: int = 4
+    redial_eval_max: int = 120
     bootstrap: int = 1000
     lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of the whole LM
+    train_layers: int = 2  # > 0: train only the top layers (+ untied head, value head); 0: everything
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -114,6 +116,7 @@ class Config:
             save_every=4,
             redial_eval_max=60,
             bootstrap=300,
+            train_layers=0,
         )
         base.update(overrides)
         return cls(**base)
@@ -267,7 +270,7 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[M.Policy, Any]:
             lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules=["q_proj", "v_proj"])
         )
     torch.manual_seed(cfg.seed)
-    return M.Policy(lm, item_ids), tok
+    return M.Policy(lm, item_ids, train_layers=0 if cfg.lora_r > 0 else cfg.train_layers), tok
 
 
 def sft(
@@ -289,8 +292,8 @@ def sft(
         target = torch.zeros_like(ids, dtype=torch.float32)
         for i, (c, r) in enumerate(batch):
             target[i, len(c) : len(c) + len(r)] = 1.0
-        lp, _, _ = policy.logprobs(ids, attn)
         m = target[:, 1:]
+        lp, _, _ = policy.logprobs(ids, attn, select=m > 0)
         loss = -(lp * m).sum() / m.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -541,12 +544,21 @@ def rollout(
     return eps
 
 
+def _step(backbone, head, **kwargs):
+    out = backbone(**kwargs, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return cache, out.last_hidden_state[:, -1] @ head.T
+
+
 def _generate(policy: M.Policy, ids, attn, n: int, eos: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
-    """Sample ``n`` tokens per row (KV cache through the LM's forward); greedy when temperature is 0."""
-    lm = policy.lm
+    """Sample ``n`` tokens per row (KV cache through the decoder's forward, the policy's head);
+    greedy when temperature is 0."""
+    import inspect
+
+    backbone, head = policy.backbone(), policy.head()
+    cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    out = lm(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    past, logits = _step(backbone, head, input_ids=ids, attention_mask=attn, position_ids=pos)
     toks = []
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
     for _ in range(n):
@@ -562,8 +574,9 @@ def _generate(policy: M.Policy, ids, attn, n: int, eos: int, temperature: float,
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
         pos = pos[:, -1:] + 1
-        out = lm(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        past, logits = _step(
+            backbone, head, input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, **{cache_kw: past}
+        )
     return torch.stack(toks, 1)
 
 
@@ -589,8 +602,9 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
     ids, attn = pad_right([e.ids for e in eps], tok.pad_token_id)
     gen, _ = pad_right([e.gen for e in eps], 0)
     mask = gen[:, 1:].float()
-    lp, _, v = policy.logprobs(ids, attn)
-    ref_lp, _, _ = ref.logprobs(ids, attn)
+    state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
+    lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
+    ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
     kl = ops.kl_penalty(lp, ref_lp, kind="k1") * mask
     scores = torch.zeros(len(eps))
     rewards = ops.token_rewards(scores, kl, mask, beta=beta)
@@ -615,7 +629,9 @@ def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=
             m = batch.mask[idx]
             if m.sum() == 0:
                 continue
-            lp, ent, v = policy(batch.ids[idx], batch.attn[idx])
+            base = accelerator.unwrap_model(policy) if accelerator is not None else policy
+            state = base.trunk(batch.ids[idx], batch.attn[idx])
+            lp, ent, v = policy(batch.ids[idx], batch.attn[idx], m > 0, state)
             pl, ps = ops.ppo_policy_loss(
                 lp, batch.old_lp[idx], batch.adv[idx], m, clip_low=cfg.clip, clip_high=cfg.clip
             )

@@ -178,3 +178,27 @@ def test_response_puts_the_recommended_item_first():
     i = catalog.ids()[3]
     text = R.response_text(Turn("system", f"You might like @{i}.", [i]), catalog)
     assert text.split()[0] == M.item_token(i)
+
+
+def test_top_layers_mode_shares_the_frozen_trunk():
+    from crs_fast.crs.simulator import generate_catalog
+
+    catalog = generate_catalog(15, seed=2)
+    lm, tok = M.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi"])
+    ids = M.add_item_tokens(lm, tok, catalog)
+    full = M.Policy(lm, ids, train_layers=0)
+    top = M.Policy(lm, ids, train_layers=1)
+    x, attn = R.pad_right([tok("User : hi System :")["input_ids"], tok("User : hello")["input_ids"]], tok.pad_token_id)
+    lp_full, ent_full, _ = full.logprobs(x, attn)
+    lp_top, ent_top, _ = top.logprobs(x, attn, state=top.trunk(x, attn))
+    torch.testing.assert_close(lp_top, lp_full)  # same weights: splitting the stack changes nothing
+    torch.testing.assert_close(ent_top, ent_full)
+    trainable = {n for n, p in top.named_parameters() if p.requires_grad}
+    assert "out_head" in trainable and any(".layers.1." in n for n in trainable)
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in trainable)
+    sel = attn[:, 1:] > 0
+    lp_sel, _, _ = top.logprobs(x, attn, select=sel)
+    torch.testing.assert_close(lp_sel[sel], lp_full[sel])
+    lp_sel[sel].sum().backward()
+    assert top.out_head.grad is not None and lm.model.layers[1].self_attn.q_proj.weight.grad is not None
+    assert lm.model.layers[0].self_attn.q_proj.weight.grad is None
