@@ -202,3 +202,10 @@ def test_top_layers_mode_shares_the_frozen_trunk():
     lp_sel[sel].sum().backward()
     assert top.out_head.grad is not None and lm.model.layers[1].self_attn.q_proj.weight.grad is not None
     assert lm.model.layers[0].self_attn.q_proj.weight.grad is None
+
+
+def test_greedy_first_token_treats_recommending_as_one_action():
+    logits = torch.log(torch.tensor([[0.30, 0.10, 0.20, 0.20, 0.20], [0.50, 0.05, 0.15, 0.15, 0.15]]))
+    items = torch.tensor([2, 3, 4])  # together 0.6 > 0.3 in row 0; 0.45 < 0.5 in row 1
+    out = R._greedy_first(logits, items)
+    assert out.tolist() == [2, 0]
