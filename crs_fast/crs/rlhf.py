@@ -10,10 +10,10 @@ Hyper-parameters (the paper publishes none; ours, with the reason; all in :class
   LM head and the value head train (``train_layers=2``): the frozen trunk is computed once per
   batch and shared by policy, reference and value, which is what fits SFT + PPO + evaluation
   into 15 minutes on 2 CPU cores.
-* SFT: AdamW lr 5e-4 (only the top layers train; 3e-3 for the tiny random model), batch 8,
-  60 steps, context cut to its last 128 tokens, responses to 24 tokens plus EOS.
-* R_phi: a frozen MiniLM encoder, one MLP (1536 -> 128 -> 4) over [c, r, c*r, |c-r|] of context
-  and response embeddings; heads dwell (z-scored log, MSE), sentiment (MSE), engagement (BCE),
+* SFT: AdamW lr 5e-4 (only the top layers train; 3e-3 for the tiny random model), batch 8 (half
+  synthetic, half ReDial turns when both exist), 60 steps, context cut to its last 128 tokens, responses to 24 tokens plus EOS.
+* R_phi: a frozen MiniLM encoder, one MLP (1536 + 3 -> 128 -> 4) over [c, r, c*r, |c-r|] of
+  context and response embeddings and three lexical attribute matches; heads dwell (z-scored log, MSE), sentiment (MSE), engagement (BCE),
   satisfaction (MSE where labelled, rescaled to [0, 1]); 30 epochs, lr 1e-3. Reward =
   0.25 dwell + 1.0 sentiment + 0.5 (2 p_engage - 1) + 0.5 satisfaction: sentiment is the most
   direct signal of a fitting suggestion, dwell the noisiest.
@@ -284,16 +284,19 @@ def sft(
 ) -> list[dict]:
     """Supervised fine-tuning on the system turns (items as item tokens): mean token NLL of the
     response, from ``linear_logprobs``. Returns the per-step metrics."""
-    pairs = sft_pairs(data.train, data.catalog)
-    if not pairs:
+    synthetic = sft_pairs([d for d in data.train if d.id.startswith("synth")], data.catalog)
+    real = sft_pairs([d for d in data.train if not d.id.startswith("synth")], data.catalog)
+    if not synthetic and not real:
         raise ValueError("no system turns with context to fine-tune on")
-    encoded = [encode_pair(tok, c, r, cfg) for c, r in pairs]
+    pools = [[encode_pair(tok, c, r, cfg) for c, r in p] for p in (synthetic, real) if p]
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.sft_lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     history = []
     policy.train()
     for step in range(cfg.sft_steps):
-        batch = rng.sample(encoded, min(cfg.sft_batch, len(encoded)))
+        # half of each batch from each source: ReDial's turns (more numerous) rarely start with an item
+        share = [cfg.sft_batch // len(pools) + (i < cfg.sft_batch % len(pools)) for i in range(len(pools))]
+        batch = [x for pool, n in zip(pools, share, strict=True) for x in rng.sample(pool, min(n, len(pool)))]
         ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id)
         target = torch.zeros_like(ids, dtype=torch.float32)
         for i, (c, r) in enumerate(batch):
@@ -318,34 +321,53 @@ def sft(
 HEADS = ("dwell", "sentiment", "engagement", "satisfaction")
 
 
+N_MATCH = 3
+
+
+def attribute_match(context: str, items: Sequence[str], catalog: Catalog) -> list[float]:
+    """Lexical match of the recommended items with the context (lower-cased): whether the
+    context names one of an item's genres, one of its director or stars, and whether the turn
+    recommends anything. Sentence embeddings blur exactly this (does "comedy" in the request meet
+    "comedy" in the item?), so R_phi gets it as three extra inputs."""
+    ctx = context.lower()
+    known = [catalog[i] for i in items if i in catalog]
+    genre = any(g.lower() in ctx for it in known for g in it.attributes.get("genre", []))
+    people = any(
+        p.lower() in ctx for it in known for k in ("director", "star") for p in it.attributes.get(k, []) if len(p) > 3
+    )
+    return [float(genre), float(people), float(bool(known))]
+
+
 class RewardModel(nn.Module):
-    """R_phi: heads over frozen sentence embeddings of (context, response)."""
+    """R_phi: heads over frozen sentence embeddings of (context, response) and
+    :func:`attribute_match` features."""
 
     def __init__(self, dim: int = 384, hidden: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(4 * dim, hidden), nn.GELU(), nn.Linear(hidden, len(HEADS)))
+        self.net = nn.Sequential(nn.Linear(4 * dim + N_MATCH, hidden), nn.GELU(), nn.Linear(hidden, len(HEADS)))
         self.register_buffer("dwell_mu", torch.zeros(()))
         self.register_buffer("dwell_sd", torch.ones(()))
         self.register_buffer("weights", torch.tensor([0.25, 1.0, 0.5, 0.5]))
 
     @staticmethod
-    def features(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return torch.cat([c, r, c * r, (c - r).abs()], dim=-1)
+    def features(c: torch.Tensor, r: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+        return torch.cat([c, r, c * r, (c - r).abs(), match], dim=-1)
 
-    def forward(self, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def forward(self, c: torch.Tensor, r: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
         """Head outputs [n, 4]: dwell (z-scored), sentiment, engagement logit, satisfaction."""
-        return self.net(self.features(c, r))
+        return self.net(self.features(c, r, match))
 
-    def reward(self, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def reward(self, c: torch.Tensor, r: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
         """The scalar reward: w . (dwell_z, tanh sentiment, 2 sigmoid(engage) - 1, satisfaction)."""
-        o = self.forward(c, r)
+        o = self.forward(c, r, match)
         parts = torch.stack([o[:, 0], torch.tanh(o[:, 1]), 2 * torch.sigmoid(o[:, 2]) - 1, o[:, 3]], dim=-1)
         return parts @ self.weights
 
 
-def rm_examples(dialogues: Sequence[Dialogue], catalog: Catalog) -> list[tuple[str, str, list[float | None]]]:
-    """(context, response with item details, [dwell, sentiment, engaged, satisfaction]) per system
-    turn, from the weak implicit-feedback labels (ReDial format, real or synthetic)."""
+def rm_examples(dialogues: Sequence[Dialogue], catalog: Catalog) -> list[tuple]:
+    """(context, response with item details, [dwell, sentiment, engaged, satisfaction],
+    attribute_match) per system turn, from the weak implicit-feedback labels (ReDial format, real
+    or synthetic)."""
     labels = {(x.dialogue_id, x.turn_index): x for x in feedback_labels(dialogues)}
     out = []
     for d in dialogues:
@@ -355,11 +377,13 @@ def rm_examples(dialogues: Sequence[Dialogue], catalog: Catalog) -> list[tuple[s
                 continue
             sent = lab.sentiment_liked if lab.sentiment_liked is not None else lab.sentiment_text
             sat = lab.satisfaction
+            context = M.render(prompt(d.turns[:i], catalog), catalog)
             out.append(
                 (
-                    M.render(prompt(d.turns[:i], catalog), catalog),
+                    context,
                     M.render(response_text(t, catalog).strip(), catalog, details=True),
                     [None if lab.dwell is None else math.log1p(lab.dwell), sent, float(lab.engaged), sat],
+                    attribute_match(context, t.items, catalog),
                 )
             )
     return out
@@ -390,9 +414,10 @@ def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -
         c = encoder.encode([e[0] for e in ex])
         r = encoder.encode([e[1] for e in ex])
         y = torch.tensor([[float("nan") if v is None else v for v in e[2]] for e in ex], dtype=torch.float32)
-        return c, r, y
+        match = torch.tensor([e[3] for e in ex], dtype=torch.float32).reshape(len(ex), N_MATCH)
+        return c, r, y, match
 
-    c, r, y = tensors(train)
+    c, r, y, match = tensors(train)
     rm = RewardModel(dim=c.shape[1])
     rm.weights.copy_(torch.tensor([cfg.w_dwell, cfg.w_sentiment, cfg.w_engagement, cfg.w_satisfaction]))
     d = y[:, 0][~y[:, 0].isnan()]
@@ -405,7 +430,7 @@ def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -
         lo, hi = float(sat.min()), float(sat.max())
         y[:, 3] = (y[:, 3] - lo) / max(hi - lo, 1e-6)
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=1e-4)
-    x = rm.features(c, r)
+    x = rm.features(c, r, match)
     for _ in range(cfg.rm_epochs):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 256):
@@ -426,9 +451,9 @@ def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -
     rm.eval()
     quality: dict[str, float] = {}
     if valid:
-        vc, vr, vy = tensors(valid)
+        vc, vr, vy, vm = tensors(valid)
         with torch.no_grad():
-            out = rm(vc, vr)
+            out = rm(vc, vr, vm)
         vy[:, 0] = (vy[:, 0] - rm.dwell_mu) / rm.dwell_sd
         for h, name in enumerate(HEADS):
             ok = ~vy[:, h].isnan()
@@ -454,9 +479,14 @@ class Scorer:
 
     @torch.no_grad()
     def __call__(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
-        c = self.encoder.encode([M.render(x, self.catalog) for x in contexts])
+        ctx = [M.render(x, self.catalog) for x in contexts]
+        c = self.encoder.encode(ctx)
         r = self.encoder.encode([M.render(x, self.catalog, details=True) for x in responses])
-        return self.rm.reward(c, r)
+        match = torch.tensor(
+            [attribute_match(x, M.items_in(y), self.catalog) for x, y in zip(ctx, responses, strict=True)],
+            dtype=torch.float32,
+        ).reshape(len(ctx), N_MATCH)
+        return self.rm.reward(c, r, match)
 
 
 # ------------------------------------------------------------------------------------------- rollouts
