@@ -11,9 +11,11 @@ Hyper-parameters (the paper publishes none; ours, with the reason; all in :class
   batch and shared by policy, reference and value, which is what fits SFT + PPO + evaluation
   into 15 minutes on 2 CPU cores.
 * SFT: AdamW lr 5e-4 (only the top layers train; 3e-3 for the tiny random model), batch 8 (half
-  synthetic, half ReDial turns when both exist), 60 steps, context cut to its last 128 tokens, responses to 24 tokens plus EOS.
+  synthetic, half ReDial turns when both exist), 60 steps, context cut to its last 128 tokens,
+  responses to 24 tokens plus EOS.
 * R_phi: a frozen MiniLM encoder, one MLP (1536 + 3 -> 128 -> 4) over [c, r, c*r, |c-r|] of
-  context and response embeddings and three lexical attribute matches; heads dwell (z-scored log, MSE), sentiment (MSE), engagement (BCE),
+  context and response embeddings and three lexical attribute matches; heads dwell (z-scored
+  log, MSE), sentiment (MSE), engagement (BCE),
   satisfaction (MSE where labelled, rescaled to [0, 1]); 30 epochs, lr 1e-3. Reward =
   0.25 dwell + 1.0 sentiment + 0.5 (2 p_engage - 1) + 0.5 satisfaction: sentiment is the most
   direct signal of a fitting suggestion, dwell the noisiest.
