@@ -142,6 +142,7 @@ def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None) -> dict:
 
     data = R.prepare_data(cfg, out / "data")
     encoder = encoder or SentenceEncoder()
+    print("R_phi: encoding contexts and responses with MiniLM, then fitting the heads", flush=True)
     synthetic = [d for d in data.train if d.id.startswith("synth")]
     real = [d for d in data.train if not d.id.startswith("synth")][: cfg.rm_redial_max]
     train = R.rm_examples(synthetic + real, data.catalog)
@@ -254,6 +255,8 @@ def run_ppo(cfg: R.Config, out: pathlib.Path, *, resume: bool = False, encoder=N
         raise
     acc.wait_for_everyone()
     if acc.is_main_process:
+        if start < cfg.ppo_iters:  # the final state too, so `--resume` with more iterations goes on
+            _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": cfg.ppo_iters, "beta": ctl.value})
         save_policy(acc.unwrap_model(model), out / "ppo" / "policy.safetensors")
     return acc.unwrap_model(model)
 
@@ -270,36 +273,39 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None) -> dict:
     result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
     per: dict[str, dict] = {}
     stages = [("base", None), ("sft", out / "sft" / "policy.safetensors"), ("ppo", out / "ppo" / "policy.safetensors")]
-    for name, path in stages:
-        if path is not None and not path.exists():
-            continue
-        _, policy, tok = _setup(cfg, out)
-        if path is not None:
-            load_policy(policy, path)
-        policy.eval()
-        r_std, r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg)
-        dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder)
-        res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}
-        per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
-        if data.redial_test:
-            std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
-            ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
-            k = min(len(data.catalog), max(E.KS) + max((len(x.mentioned) for x in std_s), default=0))
-            prompts = [x.prompt for x in std_s] + [
-                R.prompt(d.turns[:i], data.catalog)
-                for d in data.redial_test
-                for i, t in enumerate(d.turns)
-                if t.role == "system" and t.items and i > 0
-            ]
-            lists = E.top_lists(policy, tok, prompts, k, cfg)  # one forward per context, shared below
-            std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
-            _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
-            res["redial"] = {
-                "standard": E.ranking_metrics(std),
-                "dedup": E.ranking_metrics(ded),
-                **E.redial_success(policy, tok, data.catalog, data.redial_test, cfg, lists),
-            }
-        result[name] = res
+    with _progress(len(stages), "Evaluation") as advance:
+        for name, path in stages:
+            if path is not None and not path.exists():
+                advance(f"{name}: no checkpoint, skipped")
+                continue
+            _, policy, tok = _setup(cfg, out)
+            if path is not None:
+                load_policy(policy, path)
+            policy.eval()
+            r_std, r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg)
+            dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder)
+            res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}
+            per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
+            if data.redial_test:
+                std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
+                ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
+                k = min(len(data.catalog), max(E.KS) + max((len(x.mentioned) for x in std_s), default=0))
+                prompts = [x.prompt for x in std_s] + [
+                    R.prompt(d.turns[:i], data.catalog)
+                    for d in data.redial_test
+                    for i, t in enumerate(d.turns)
+                    if t.role == "system" and t.items and i > 0
+                ]
+                lists = E.top_lists(policy, tok, prompts, k, cfg)  # one forward per context, shared below
+                std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
+                _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
+                res["redial"] = {
+                    "standard": E.ranking_metrics(std),
+                    "dedup": E.ranking_metrics(ded),
+                    **E.redial_success(policy, tok, data.catalog, data.redial_test, cfg, lists),
+                }
+            result[name] = res
+            advance(name)
     if "sft" in per and "ppo" in per:
         result["ppo_vs_sft"] = {
             k: E.bootstrap_diff(per["sft"][k], per["ppo"][k], n=cfg.bootstrap, seed=cfg.seed)

@@ -98,7 +98,6 @@ class Config:
     bootstrap: int = 1000
     lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of the whole LM
     train_layers: int = 2  # > 0: train only the top layers (+ untied head, value head); 0: everything
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
