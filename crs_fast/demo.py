@@ -1,4 +1,4 @@
-"""`crs-fast demo`: every op at realistic RLHF shapes, checked against the PyTorch reference,
+"""`crs-fast ops-demo`: every op at realistic RLHF shapes, checked against the PyTorch reference,
 with its speedup over that reference on this machine. (The conversational-recommender pipeline
 takes this command over when it lands.)"""
 
