@@ -20,7 +20,7 @@ import os
 import pathlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -291,7 +291,6 @@ def items_in(text: str) -> list[str]:
     return ITEM_RE.findall(text)
 
 
-def with_item_tokens(text: str, mentions: Sequence[str], catalog: Catalog) -> str:
+def with_item_tokens(text: str, catalog: Catalog) -> str:
     """ReDial-style ``@ID`` mentions replaced by item tokens (ids outside the catalog kept)."""
-    del mentions
     return re.sub(r"@(\w+)", lambda m: item_token(m.group(1)) if m.group(1) in catalog else m.group(0), text)

@@ -108,8 +108,10 @@ def load_policy(policy, path: pathlib.Path) -> None:
     load_model(policy, str(path))
 
 
-def _setup(cfg: R.Config, out: pathlib.Path):
-    data = R.prepare_data(cfg, out / "data")
+def _setup(cfg: R.Config, out: pathlib.Path, data: R.CRSData | None = None):
+    """(data, base policy, tokenizer); ``data`` prepared here unless given (stages run by the
+    demo share one preparation)."""
+    data = data or R.prepare_data(cfg, out / "data")
     policy, tok = R.build_policy(cfg, data)
     return data, policy, tok
 
@@ -117,9 +119,9 @@ def _setup(cfg: R.Config, out: pathlib.Path):
 # --------------------------------------------------------------------------------------------- stages
 
 
-def run_sft(cfg: R.Config, out: pathlib.Path) -> pathlib.Path:
+def run_sft(cfg: R.Config, out: pathlib.Path, *, data: R.CRSData | None = None) -> pathlib.Path:
     """SFT from the base model; writes ``sft/policy.safetensors``."""
-    data, policy, tok = _setup(cfg, out)
+    data, policy, tok = _setup(cfg, out, data)
     tracker = Tracker(out)
     with _progress(cfg.sft_steps, "SFT") as advance:
         R.sft(
@@ -134,13 +136,13 @@ def run_sft(cfg: R.Config, out: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None) -> dict:
+def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None, *, data: R.CRSData | None = None) -> dict:
     """Train R_phi on the weak labels; writes ``rm/reward_model.safetensors`` and ``rm/quality.json``."""
     from safetensors.torch import save_model
 
     from .encoder import SentenceEncoder
 
-    data = R.prepare_data(cfg, out / "data")
+    data = data or R.prepare_data(cfg, out / "data")
     encoder = encoder or SentenceEncoder()
     print("R_phi: encoding contexts and responses with MiniLM, then fitting the heads", flush=True)
     synthetic = [d for d in data.train if d.id.startswith("synth")]
@@ -183,7 +185,15 @@ def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def run_ppo(cfg: R.Config, out: pathlib.Path, *, resume: bool = False, encoder=None, stop_after: int | None = None):
+def run_ppo(
+    cfg: R.Config,
+    out: pathlib.Path,
+    *,
+    resume: bool = False,
+    encoder=None,
+    stop_after: int | None = None,
+    data: R.CRSData | None = None,
+):
     """Multi-turn PPO from the SFT policy against R_phi; writes ``ppo/policy.safetensors`` and
     returns the trained policy. ``stop_after`` ends the run after that many iterations as Ctrl-C
     would (tests)."""
@@ -194,7 +204,7 @@ def run_ppo(cfg: R.Config, out: pathlib.Path, *, resume: bool = False, encoder=N
 
     cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
-    data, policy, tok = _setup(cfg, out)
+    data, policy, tok = _setup(cfg, out, data)
     load_policy(policy, out / "sft" / "policy.safetensors")
     ref = R.frozen_copy(policy)
     encoder = encoder or SentenceEncoder()
@@ -261,13 +271,25 @@ def run_ppo(cfg: R.Config, out: pathlib.Path, *, resume: bool = False, encoder=N
     return acc.unwrap_model(model)
 
 
-def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None) -> dict:
+def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData | None = None) -> dict:
     """Evaluate the base (zero-shot), SFT and PPO policies; writes ``eval.json`` and ``report.md``."""
     from .encoder import SentenceEncoder
 
-    data = R.prepare_data(cfg, out / "data")
+    data = data or R.prepare_data(cfg, out / "data")
     encoder = encoder or SentenceEncoder()
     scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
+    redial = None
+    if data.redial_test:  # the samples and contexts are the same for every policy
+        std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
+        ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
+        k = min(len(data.catalog), max(E.KS) + max((len(x.mentioned) for x in std_s), default=0))
+        prompts = [x.prompt for x in std_s] + [
+            R.prompt(d.turns[:i], data.catalog)
+            for d in data.redial_test
+            for i, t in enumerate(d.turns)
+            if t.role == "system" and t.items and i > 0
+        ]
+        redial = (std_s, ded_s, k, prompts)
     seeds = [E.synthetic_seed(cfg, i, "eval") for i in range(cfg.eval_users)]
     samples = E.synthetic_samples(data.catalog, seeds)
     result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
@@ -278,7 +300,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None) -> dict:
             if path is not None and not path.exists():
                 advance(f"{name}: no checkpoint, skipped")
                 continue
-            _, policy, tok = _setup(cfg, out)
+            _, policy, tok = _setup(cfg, out, data)
             if path is not None:
                 load_policy(policy, path)
             policy.eval()
@@ -286,16 +308,8 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None) -> dict:
             dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder)
             res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}
             per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
-            if data.redial_test:
-                std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
-                ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
-                k = min(len(data.catalog), max(E.KS) + max((len(x.mentioned) for x in std_s), default=0))
-                prompts = [x.prompt for x in std_s] + [
-                    R.prompt(d.turns[:i], data.catalog)
-                    for d in data.redial_test
-                    for i, t in enumerate(d.turns)
-                    if t.role == "system" and t.items and i > 0
-                ]
+            if redial is not None:
+                std_s, ded_s, k, prompts = redial
                 lists = E.top_lists(policy, tok, prompts, k, cfg)  # one forward per context, shared below
                 std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
                 _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
@@ -419,10 +433,11 @@ def run_demo(cfg: R.Config, out: pathlib.Path, *, quick: bool = False) -> dict:
     if (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     encoder = SentenceEncoder()
-    run_sft(cfg, out)
-    run_train_rm(cfg, out, encoder=encoder)
-    run_ppo(cfg, out, encoder=encoder)
-    result = run_eval(cfg, out, encoder=encoder)
+    data = R.prepare_data(cfg, out / "data")
+    run_sft(cfg, out, data=data)
+    run_train_rm(cfg, out, encoder=encoder, data=data)
+    run_ppo(cfg, out, encoder=encoder, data=data)
+    result = run_eval(cfg, out, encoder=encoder, data=data)
     plots(out)
     summary = {
         name: {

@@ -204,7 +204,7 @@ def prepare_data(cfg: Config, workdir: pathlib.Path) -> CRSData:
 
 def turn_text(turn: Turn, catalog: Catalog) -> str:
     """A turn's text on one line, ``@ID`` mentions as item tokens."""
-    return M.with_item_tokens(" ".join(turn.text.split()), turn.items, catalog)
+    return M.with_item_tokens(" ".join(turn.text.split()), catalog)
 
 
 def prompt(turns: Sequence[Turn], catalog: Catalog) -> str:
@@ -536,7 +536,6 @@ def rollout(
         first = u.reset(s)
         ids = _user_piece(tok, first, True)
         eps.append(Episode(s, ids, [0] * len(ids)))
-        eps[-1].history = [Turn("user", first)]  # type: ignore[attr-defined]
     gen = torch.Generator().manual_seed(gen_seed)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     for _ in range(cfg.turns):

@@ -1,8 +1,21 @@
-"""Torch-only helpers shared by the Triton and CUDA launchers of the PPO losses: the kernels write
-per-row partial sums [B, 5] = (loss, clip, lower clip, kl, tokens); the aggregation over rows
-(tiny: B numbers) runs here in float64."""
+"""Torch-only helpers shared by the Triton and CUDA launchers: the aggregation over rows of the
+PPO losses' per-row partial sums [B, 5] = (loss, clip, lower clip, kl, tokens), in float64, and
+GAE's whitening / masking after the scan."""
 
 import torch
+
+from ..ops import reference
+
+
+def finish_gae(adv: torch.Tensor, m: torch.Tensor, mode: str, whiten: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Raw scanned advantages -> the convention's output: whitened over the mask (unbiased; OpenRLHF
+    biased with its clamp), TRL's zeroing on padding, in ``dtype``."""
+    mf = (m != 0).to(adv.dtype)
+    if whiten:
+        adv = reference.standardize(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
+    if mode == "trl":
+        adv = adv * mf
+    return adv.to(dtype)
 
 
 def weights(counts: torch.Tensor, T: int, agg: str) -> torch.Tensor:

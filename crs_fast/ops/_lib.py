@@ -96,10 +96,13 @@ def gpu_kernels(backend: str, name: str) -> Any:
     return importlib.import_module(f"crs_fast.kernels.{backend}.{name}")
 
 
-def _why_not(backend: str, device: torch.device, op: str = "") -> str:
-    """Empty if ``backend`` can run ``op`` on ``device``, else the reason it cannot."""
+def _why_not(backend: str, device: torch.device, op: str = "", limits: dict[str, str] | None = None) -> str:
+    """Empty if ``backend`` can run ``op`` on ``device``, else the reason it cannot. ``limits``:
+    per backend, why it cannot run these particular arguments (a k too large, a dtype)."""
     if backend == "torch":
         return ""
+    if limits and limits.get(backend):
+        return limits[backend]
     if backend == "triton":
         if op and op not in TRITON_OPS:
             return f"no Triton kernel for {op} yet"
@@ -121,10 +124,11 @@ def _why_not(backend: str, device: torch.device, op: str = "") -> str:
     return "no such backend"
 
 
-def resolve_backend(requested: str, device: torch.device, op: str = "") -> str:
+def resolve_backend(requested: str, device: torch.device, op: str = "", limits: dict[str, str] | None = None) -> str:
     """The backend to run ``op``: ``requested`` ("" for automatic), else ``CRS_FAST_BACKEND``.
     Automatic: the C++ kernels for CPU tensors; for CUDA tensors the op's entry in
-    ``GPU_DISPATCH``, then the other GPU backend; else the reference."""
+    ``GPU_DISPATCH``, then the other GPU backend; else the reference. ``limits`` (backend ->
+    reason) rules backends out for these arguments, as the op's own checks found."""
     choice = requested or os.environ.get("CRS_FAST_BACKEND", "") or "auto"
     if choice == "auto":  # Triton's CPU interpreter is for tests, never an automatic choice
         if device.type == "cpu":
@@ -134,15 +138,15 @@ def resolve_backend(requested: str, device: torch.device, op: str = "") -> str:
             preferred = (first, "cuda" if first == "triton" else "triton")
         else:
             preferred = ()
-        return next((b for b in preferred if not _why_not(b, device, op)), "torch")
+        return next((b for b in preferred if not _why_not(b, device, op, limits)), "torch")
     if choice not in BACKENDS:
         source = "backend=" if requested else "CRS_FAST_BACKEND"
         raise ValueError(f"{source} must be one of {BACKENDS} or 'auto', got {choice!r}")
-    reason = _why_not(choice, device, op)
+    reason = _why_not(choice, device, op, limits)
     if reason:
         lines = [f"backend {choice!r} cannot run {op or 'these inputs'} ({device}):"]
         for name in BACKENDS:
-            why = _why_not(name, device, op)
+            why = _why_not(name, device, op, limits)
             lines.append(f"  {name}: {why or 'available'}")
         raise BackendUnavailableError("\n".join(lines))
     return choice

@@ -2,15 +2,12 @@
 materialising the [N, V] logits: vocabulary blocks go through BLAS, the online softmax
 statistics and the gradient epilogue through the C++ kernels. Extra memory O(N * chunk)."""
 
-import os
-
 import torch
 
 from . import _validate as V
 from . import reference
 from ._lib import (
     _C,
-    BackendUnavailableError,
     acc_dtype,
     call,
     call_autograd,
@@ -176,14 +173,11 @@ def linear_logprobs(
     temperature = V.number("temperature", temperature, min_value=0.0, strict=True)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    requested = check_backend_arg(backend)
-    be = resolve_backend(requested, hidden.device, "linear_logprobs")
-    if be == "triton" and hidden.dtype == torch.float64:  # tl.dot has no float64 path everywhere
-        if requested == "triton" or os.environ.get("CRS_FAST_BACKEND") == "triton":
-            raise BackendUnavailableError(
-                "backend 'triton' runs linear_logprobs in float32/float16/bfloat16, not float64"
-            )
-        be = "torch"
+    # tl.dot has no float64 path on every GPU: the Triton kernel takes float32/float16/bfloat16
+    limits = {"triton": "it runs linear_logprobs in float32/float16/bfloat16, not float64"}
+    be = resolve_backend(
+        check_backend_arg(backend), hidden.device, "linear_logprobs", limits if hidden.dtype == torch.float64 else None
+    )
     if be == "torch":
         check_labels(labels, weight.shape[0], ignore_index)
         lp, ent = reference.linear_logprobs(hidden, weight, labels, temperature=temperature, ignore_index=ignore_index)

@@ -1,15 +1,12 @@
 """Top-k scoring of queries against an item catalog, item block by item block, without a
 [B, N] score matrix."""
 
-import os
-
 import torch
 
 from . import _validate as V
 from . import reference
 from ._lib import (
     _C,
-    BackendUnavailableError,
     call,
     check_backend_arg,
     empty,
@@ -112,13 +109,12 @@ def topk_scores(
             raise ValueError(f"`exclude` must have {queries.shape[0]} rows, got {list(exclude.shape)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    requested = check_backend_arg(backend)
-    be = resolve_backend(requested, queries.device, "topk_scores")
-    limit = {"triton": TRITON_MAX_K, "cuda": CUDA_MAX_K}.get(be)
-    if limit is not None and k > limit:
-        if be in (requested, os.environ.get("CRS_FAST_BACKEND")):
-            raise BackendUnavailableError(f"backend {be!r} keeps at most {limit} items per row, got k = {k}")
-        be = "torch"
+    limits = {
+        name: f"it keeps at most {limit} items per row, got k = {k}"
+        for name, limit in (("triton", TRITON_MAX_K), ("cuda", CUDA_MAX_K))
+        if k > limit
+    }
+    be = resolve_backend(check_backend_arg(backend), queries.device, "topk_scores", limits)
     if be == "torch":
         return reference.topk_scores(queries, items, k=k, bias=bias, exclude=exclude)
     chunk = chunk_size or default_chunk(queries.shape[0])

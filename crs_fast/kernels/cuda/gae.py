@@ -5,6 +5,7 @@ import torch
 
 from ...ops import reference
 from ...ops._lib import _C, acc_dtype, dtype_code, ptr
+from .._rows import finish_gae
 from . import stream
 
 _MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
@@ -33,9 +34,4 @@ def gae(
         _MODES[mode],
         stream(r),
     )
-    mf = (m != 0).to(adv.dtype)
-    if whiten:
-        adv = reference.standardize(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
-    if mode == "trl":
-        adv = adv * mf
-    return adv.to(r.dtype), ret
+    return finish_gae(adv, m, mode, whiten, r.dtype), ret

@@ -15,3 +15,20 @@ def unavailable(device_type: str) -> str:
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         return ""
     return f"it runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1) and these are on {device_type}"
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of ``device`` (2 for the CPU interpreter, so splitting is exercised)."""
+    import torch
+
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+
+
+def split_axis(n: int, block: int, programs: int, cap: int = 1 << 30) -> tuple[int, int]:
+    """(splits, per_split): cut an axis of ``n`` into at most ``programs`` (and ``cap``) slices,
+    each a whole number of ``block``s, none empty."""
+    import triton
+
+    splits = max(1, min(triton.cdiv(n, block), programs, cap))
+    per_split = triton.cdiv(triton.cdiv(n, splits), block) * block
+    return triton.cdiv(n, per_split), per_split

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 
 from ...ops import reference
+from .._rows import finish_gae
+from . import sm_count
 
 BLOCK_B = 16
 _MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
@@ -106,8 +108,7 @@ def choose_variant(B: int, T: int, device: torch.device) -> str:
     """ "rows" when there are rows enough to fill the machine one lane each, else "chunked"."""
     if device.type != "cuda":
         return "rows"
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return "rows" if triton.cdiv(B, BLOCK_B) >= 4 * sms or T < 256 else "chunked"
+    return "rows" if triton.cdiv(B, BLOCK_B) >= 4 * sm_count(device) or T < 256 else "chunked"
 
 
 def gae(
@@ -136,9 +137,4 @@ def gae(
         )
     else:
         raise ValueError(f"variant must be 'rows' or 'chunked', got {variant!r}")
-    mf = (m != 0).float()
-    if whiten:
-        adv = reference.standardize(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
-    if mode == "trl":
-        adv = adv * mf
-    return adv.to(r.dtype), ret
+    return finish_gae(adv, m, mode, whiten, r.dtype), ret

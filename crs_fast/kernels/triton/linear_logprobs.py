@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ...ops.linear_logprobs import default_chunk
+from . import sm_count, split_axis
 
 
 @triton.jit
@@ -148,10 +149,7 @@ def forward(
     V = w.shape[0]
     bm, bn, bk = _blocks(h)
     row_blocks = triton.cdiv(N, bm)
-    sms = torch.cuda.get_device_properties(h.device).multi_processor_count if h.device.type == "cuda" else 2
-    splits = max(1, min(triton.cdiv(V, bn), triton.cdiv(4 * sms, row_blocks)))
-    per_split = triton.cdiv(triton.cdiv(V, splits), bn) * bn
-    splits = triton.cdiv(V, per_split)
+    splits, per_split = split_axis(V, bn, triton.cdiv(4 * sm_count(h.device), row_blocks))
     m, s, ws, zy = (torch.empty(splits, N, dtype=torch.float32, device=h.device) for _ in range(4))
     _fwd[(row_blocks, splits)](
         h,

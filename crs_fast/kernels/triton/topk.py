@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sm_count, split_axis
+
 MAX_K = 256  # the running top-k lives in registers: [BLOCK_M, next_pow2(k)] int64
 _EMPTY = -(2**63)  # key of an empty slot / excluded or NaN score
 
@@ -99,10 +101,7 @@ def topk(
     block_m = 16 if q.device.type == "cpu" else 64
     block_d = 32 if D <= 32 else 64
     row_blocks = triton.cdiv(B, block_m)
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else 2
-    splits = max(1, min(triton.cdiv(N, block_n), triton.cdiv(2 * sms, row_blocks), 64))
-    per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n
-    splits = triton.cdiv(N, per_split)
+    splits, per_split = split_axis(N, block_n, triton.cdiv(2 * sm_count(q.device), row_blocks), cap=64)
     out = torch.empty(splits, B, kp, dtype=torch.int64, device=q.device)
     ex = exclude.to(torch.int64).contiguous() if exclude is not None and exclude.shape[1] > 0 else None
     _topk_kernel[(row_blocks, splits)](
