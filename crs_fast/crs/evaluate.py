@@ -30,10 +30,10 @@ class Sample:
     mentioned: list[str]
 
 
-def synthetic_samples(catalog: Catalog, seeds: Sequence[int]) -> list[Sample]:
-    """Held-out synthetic users: their first message, one sample per target item."""
+def synthetic_samples(catalog: Catalog, seeds: Sequence[int], pool: Sequence[str] | None = None) -> list[Sample]:
+    """Held-out synthetic users (drawn from ``pool``): their first message, one sample per target item."""
     out = []
-    user = UserSimulator(catalog)
+    user = UserSimulator(catalog, pool=pool)
     for s in seeds:
         first = user.reset(s)
         for t in sorted(user.targets):
@@ -110,11 +110,18 @@ def distinct(texts: Sequence[str], n: int) -> float:
 
 
 def dialogue_metrics(
-    policy, tok, catalog: Catalog, seeds: Sequence[int], cfg: Config, scorer: Scorer, encoder
+    policy,
+    tok,
+    catalog: Catalog,
+    seeds: Sequence[int],
+    cfg: Config,
+    scorer: Scorer,
+    encoder,
+    pool: Sequence[str] | None = None,
 ) -> tuple[dict, dict]:
-    """Satisfaction and coherence from greedy dialogues with held-out synthetic users; also the
-    per-user values (for paired bootstraps)."""
-    eps = rollout(policy, tok, catalog, seeds, cfg, scorer, sample=False)
+    """Satisfaction and coherence from greedy dialogues with held-out synthetic users (drawn from
+    ``pool``); also the per-user values (for paired bootstraps)."""
+    eps = rollout(policy, tok, catalog, seeds, cfg, scorer, sample=False, pool=pool)
     ctx = [M.render(c, catalog) for e in eps for c in e.contexts]
     resp = [M.render(r, catalog) for e in eps for r in e.responses]
     coh = (encoder.encode(ctx) * encoder.encode(resp)).sum(-1) if resp else torch.zeros(0)

@@ -136,6 +136,25 @@ def add_item_tokens(model: nn.Module, tok, catalog: Catalog) -> torch.Tensor:
     return new_ids
 
 
+def item_attribute_index(
+    catalog: Catalog, kinds: tuple[str, ...] = ("genre", "director", "star"), min_items: int = 2
+) -> list[list[tuple[int, float]]]:
+    """Per catalog item (catalog order), (index, weight) of its attribute values (``kinds``) that
+    at least ``min_items`` items share (a value of a single item would only duplicate its own
+    row); the weights are 1 / (the item's number of such values of that kind), so each kind counts
+    once however many stars an item lists."""
+    counts = Counter((k, v) for it in catalog.items.values() for k in kinds for v in it.attributes.get(k, []))
+    vocab = {kv: n for n, kv in enumerate(sorted(kv for kv, c in counts.items() if c >= min_items))}
+    out = []
+    for i in catalog.ids():
+        row = []
+        for k in kinds:
+            vals = [vocab[(k, v)] for v in dict.fromkeys(catalog[i].attributes.get(k, [])) if (k, v) in vocab]
+            row += [(v, 1.0 / len(vals)) for v in vals]
+        out.append(row)
+    return out
+
+
 class _StopTrunk(Exception):
     """Raised by the pre-hook of the first trained layer: the trunk's output is captured."""
 
@@ -147,9 +166,21 @@ class Policy(nn.Module):
     copy of the LM head and the value head: the frozen trunk's activations (embeddings and the
     lower layers) are computed once per batch without gradients and shared by the policy, the
     reference and the value head (:meth:`trunk`, then :meth:`top`). ``n = 0`` trains everything.
+
+    ``item_attrs`` (per item, in ``item_ids`` order, (index, weight) of its attribute values, as
+    from :func:`item_attribute_index`) adds a learned content part to each item's LM-head row:
+    ``w_i = w_i^token + sum_{a in attrs(i)} weight_a e_a`` with every ``e_a`` starting at zero, so the
+    model starts exactly as built (rows = title means) and what it learns about one comedy
+    carries to every comedy, where independent rows would each need their own samples.
     """
 
-    def __init__(self, lm: nn.Module, item_ids: torch.Tensor, train_layers: int = 0) -> None:
+    def __init__(
+        self,
+        lm: nn.Module,
+        item_ids: torch.Tensor,
+        train_layers: int = 0,
+        item_attrs: list[list[tuple[int, float]]] | None = None,
+    ) -> None:
         super().__init__()
         self.lm = lm
         hidden = lm.config.hidden_size
@@ -168,6 +199,19 @@ class Policy(nn.Module):
             for p in [*layers[len(layers) - train_layers :].parameters(), *self.backbone().norm.parameters()]:
                 p.requires_grad_(True)
             self.out_head = nn.Parameter(lm.get_output_embeddings().weight.detach().clone())
+        self.item_attr: nn.EmbeddingBag | None = None
+        if item_attrs is not None:
+            if len(item_attrs) != len(item_ids):
+                raise ValueError(f"item_attrs has {len(item_attrs)} entries for {len(item_ids)} items")
+            n_values = max((v for a in item_attrs for v, _ in a), default=-1) + 1
+            self.item_attr = nn.EmbeddingBag(max(n_values, 1), hidden, mode="sum")
+            nn.init.zeros_(self.item_attr.weight)
+            flat = torch.tensor([v for a in item_attrs for v, _ in a], dtype=torch.int64)
+            weights = torch.tensor([w for a in item_attrs for _, w in a], dtype=torch.float32)
+            offsets = torch.tensor([0, *torch.tensor([len(a) for a in item_attrs]).cumsum(0)[:-1].tolist()])
+            self.register_buffer("attr_values", flat, persistent=False)
+            self.register_buffer("attr_weights", weights, persistent=False)
+            self.register_buffer("attr_offsets", offsets.to(torch.int64), persistent=False)
 
     def backbone(self) -> nn.Module:
         """The decoder stack (under a PEFT wrapper too)."""
@@ -175,8 +219,18 @@ class Policy(nn.Module):
         return base.model
 
     def head(self) -> torch.Tensor:
-        """The LM head's weight [V, H] (the trainable untied copy when training the top layers)."""
-        return self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+        """The LM head's weight [V, H] (the trainable untied copy when training the top layers),
+        with the items' attribute part added to their rows when the policy has one."""
+        w = self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+        if self.item_attr is None:
+            return w
+        return w.index_add(0, self.item_ids, self.item_content().to(w.dtype))
+
+    def item_content(self) -> torch.Tensor:
+        """The learned attribute part of the item rows [I, H] (zeros without item features)."""
+        if self.item_attr is None:
+            return torch.zeros(len(self.item_ids), self.value_head.in_features, device=self.item_ids.device)
+        return self.item_attr(self.attr_values, self.attr_offsets, per_sample_weights=self.attr_weights)
 
     def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
         """The frozen trunk's output and the decoder-layer arguments (mask, rotary embeddings), or
@@ -265,7 +319,8 @@ class Policy(nn.Module):
         LM head. [B, k]."""
         h = self.hidden(input_ids, attention_mask)
         q = h[torch.arange(h.shape[0]), attention_mask.sum(1) - 1]
-        items = self.head()[self.item_ids]
+        w = self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+        items = w[self.item_ids] + self.item_content().to(w.dtype)
         _, idx = ops.topk_scores(q.float(), items.float(), k=min(k, items.shape[0]), exclude=exclude)
         return idx
 

@@ -138,7 +138,7 @@ def run_sft(cfg: R.Config, out: pathlib.Path, *, data: R.CRSData | None = None) 
 
 def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None, *, data: R.CRSData | None = None) -> dict:
     """Train R_phi on the weak labels; writes ``rm/reward_model.safetensors`` and ``rm/quality.json``."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     from .encoder import SentenceEncoder
 
@@ -152,6 +152,8 @@ def run_train_rm(cfg: R.Config, out: pathlib.Path, encoder=None, *, data: R.CRSD
     rm, quality = R.train_reward_model(encoder, train, valid, cfg)
     (out / "rm").mkdir(parents=True, exist_ok=True)
     _save_atomic(lambda p: save_model(rm, str(p)), out / "rm" / "reward_model.safetensors")
+    features = {"x": rm.train_x, "y": rm.train_y}  # what the online refits during PPO start from
+    _save_atomic(lambda p: save_file(features, str(p)), out / "rm" / "train_features.safetensors")
     (out / "rm" / "quality.json").write_text(json.dumps(quality, indent=2))
     Tracker(out).log("rm", 0, quality)
     return quality
@@ -168,14 +170,18 @@ def _load_rm(out: pathlib.Path, dim: int) -> R.RewardModel:
     return rm.eval()
 
 
-def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict) -> None:
-    from safetensors.torch import save_model
+def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict, online: R.OnlineRM | None = None) -> None:
+    from safetensors.torch import save_file, save_model
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(policy, str(tmp / "policy.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    if online is not None:  # R_phi as refit so far, its data and optimizer
+        save_model(online.rm, str(tmp / "reward_model.safetensors"))
+        save_file(online.state(), str(tmp / "rm_online.safetensors"))
+        torch.save(online.opt.state_dict(), tmp / "rm_optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     old = ckpt.with_name(ckpt.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -209,7 +215,16 @@ def run_ppo(
     ref = R.frozen_copy(policy)
     encoder = encoder or SentenceEncoder()
     scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.ppo_lr, weight_decay=0.0)
+    online = None
+    if cfg.rm_online_steps > 0:
+        from safetensors.torch import load_file
+
+        feats = out / "rm" / "train_features.safetensors"
+        if not feats.exists():
+            raise FileNotFoundError(f"{feats} not found: rerun `crs-fast train-rm` (online R_phi refits need it)")
+        off = load_file(str(feats))
+        online = R.OnlineRM(scorer.rm, cfg, off["x"], off["y"])
+    opt = torch.optim.AdamW(R.param_groups(policy, cfg.ppo_lr, cfg.ppo_item_lr), weight_decay=0.0)
     ctl = (
         AdaptiveKLController(cfg.kl_beta, cfg.kl_target, cfg.kl_horizon)
         if cfg.kl_target
@@ -222,10 +237,17 @@ def run_ppo(
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         state = json.loads((ckpt / "state.json").read_text())
         start, ctl.value = state["iteration"], state["beta"]
+        if online is not None:
+            from safetensors.torch import load_file
+
+            load_policy(online.rm, ckpt / "reward_model.safetensors")
+            saved = load_file(str(ckpt / "rm_online.safetensors"))
+            online.x, online.y = saved["x"], saved["y"]
+            online.opt.load_state_dict(torch.load(ckpt / "rm_optimizer.pt", weights_only=True))
     model, opt = acc.prepare(policy, opt)
     tracker = Tracker(out) if acc.is_main_process else None
     val_seeds = [E.synthetic_seed(cfg, i, "val") for i in range(cfg.val_users)]
-    val = E.synthetic_samples(data.catalog, val_seeds)
+    val = E.synthetic_samples(data.catalog, val_seeds, data.pool)
     it = start
     try:
         with _progress(cfg.ppo_iters, "PPO") as advance:
@@ -237,7 +259,9 @@ def run_ppo(
                     E.synthetic_seed(cfg, (it * acc.num_processes + acc.process_index) * cfg.episodes + j, "train")
                     for j in range(cfg.episodes)
                 ]
-                eps = R.rollout(base, tok, data.catalog, seeds, cfg, scorer, gen_seed=cfg.seed * 104729 + it)
+                eps = R.rollout(
+                    base, tok, data.catalog, seeds, cfg, scorer, gen_seed=cfg.seed * 104729 + it, pool=data.pool
+                )
                 batch = R.make_batch(base, ref, eps, tok, ctl.value, cfg)
                 stats = R.ppo_update(model, opt, batch, cfg, acc)
                 kl_seq = float((batch.kl * batch.mask).sum(1).mean())
@@ -249,25 +273,31 @@ def run_ppo(
                     **stats,
                 }
                 ctl.update(kl_seq, cfg.episodes)
+                if online is not None:
+                    labels = online.labels(eps, data.catalog)
+                    if len(labels) and len(labels) == len(scorer.last_features):
+                        row.update(online.update(scorer.last_features, labels))
                 if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.ppo_iters:
                     row["recall@10"] = E.ranking_metrics(E.ranks(base, tok, data.catalog, val, cfg)[0])["recall@10"]
                 if tracker:
                     tracker.log("ppo", it, row)
                 advance(f"reward {row['reward']:.3f} kl {kl_seq:.3f}")
                 if acc.is_main_process and ((it + 1) % cfg.save_every == 0):
-                    _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value})
+                    _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value}, online)
                 if stop_after is not None and it + 1 - start >= stop_after and it + 1 < cfg.ppo_iters:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         if acc.is_main_process:
-            _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value})
+            _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value}, online)
             print(f"interrupted: checkpoint at iteration {it + 1} in {ckpt}; continue with --resume")
         raise
     acc.wait_for_everyone()
     if acc.is_main_process:
         if start < cfg.ppo_iters:  # the final state too, so `--resume` with more iterations goes on
-            _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": cfg.ppo_iters, "beta": ctl.value})
+            _ckpt_save(ckpt, acc.unwrap_model(model), opt, {"iteration": cfg.ppo_iters, "beta": ctl.value}, online)
         save_policy(acc.unwrap_model(model), out / "ppo" / "policy.safetensors")
+        if online is not None:
+            save_policy(online.rm, out / "ppo" / "reward_model.safetensors")
     return acc.unwrap_model(model)
 
 
@@ -291,7 +321,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
         ]
         redial = (std_s, ded_s, k, prompts)
     seeds = [E.synthetic_seed(cfg, i, "eval") for i in range(cfg.eval_users)]
-    samples = E.synthetic_samples(data.catalog, seeds)
+    samples = E.synthetic_samples(data.catalog, seeds, data.pool)
     result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
     per: dict[str, dict] = {}
     stages = [("base", None), ("sft", out / "sft" / "policy.safetensors"), ("ppo", out / "ppo" / "policy.safetensors")]
@@ -305,7 +335,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
                 load_policy(policy, path)
             policy.eval()
             r_std, r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg)
-            dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder)
+            dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder, data.pool)
             res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}
             per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
             if redial is not None:
@@ -328,6 +358,9 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     kl_rows = Tracker(out).rows("ppo")
     if kl_rows:
         result["ppo_kl_final"] = kl_rows[-1]["kl"]
+        onp = [x for r in kl_rows if (x := r.get("rm_onpolicy_sentiment_spearman")) is not None and x == x]
+        if onp:  # R_phi against the simulator on each new rollout batch, before refitting on it
+            result["rm_onpolicy_sentiment_spearman"] = {"mean": sum(onp) / len(onp), "last": onp[-1], "n": len(onp)}
     rm_q = out / "rm" / "quality.json"
     if rm_q.exists():
         result["reward_model"] = json.loads(rm_q.read_text())
@@ -376,11 +409,19 @@ def report(result: dict) -> str:
         lines.append(
             "\nR_phi held-out quality: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items() if isinstance(v, float))
         )
+    if "rm_onpolicy_sentiment_spearman" in result:
+        o = result["rm_onpolicy_sentiment_spearman"]
+        lines.append(
+            f"\nR_phi on-policy (each PPO batch before the refit on it), sentiment Spearman: mean {o['mean']:.3f} "
+            f"over {o['n']} iterations, last {o['last']:.3f}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plots(out: pathlib.Path) -> list[pathlib.Path]:
-    """PNG plots of reward, KL, value loss and Recall@10 over PPO iterations (and the SFT loss)."""
+    """PNG plots over PPO iterations of the R_phi reward (R_phi is refit each iteration, so its
+    scale moves), the simulated users' satisfaction in the rollouts (the ground truth R_phi
+    stands in for), the KL, the value loss and Recall@10 (and the SFT loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,12 +433,13 @@ def plots(out: pathlib.Path) -> list[pathlib.Path]:
     (out / "plots").mkdir(parents=True, exist_ok=True)
     panels = [
         ("reward", "R_phi reward per dialogue"),
+        ("satisfaction", "simulated satisfaction (rollouts)"),
         ("kl", "KL to reference (nats / dialogue)"),
         ("value_loss", "value loss"),
         ("recall@10", "Recall@10 (validation users)"),
     ]
     if rows:
-        fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
         for ax, (key, title) in zip(axes, panels, strict=True):
             pts = [(r["step"], r[key]) for r in rows if key in r]
             if pts:

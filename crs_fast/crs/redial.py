@@ -147,3 +147,10 @@ def load_redial_catalog(movies_csv: str | pathlib.Path, movie_info_json: str | p
                 attrs["plot"] = [str(meta["plot"])]
             items.append(Item(row["movieId"], title, attrs))
     return Catalog(items, source=str(movies_csv))
+
+
+def most_mentioned(movies_csv: str | pathlib.Path, n: int) -> list[str]:
+    """Ids of the ``n`` movies mentioned most often in ReDial (``nbMentions``; ties by id)."""
+    with open(movies_csv, encoding="utf-8", newline="") as f:
+        rows = [(r["movieId"], int(r.get("nbMentions") or 0)) for r in csv.DictReader(f)]
+    return [i for i, _ in sorted(rows, key=lambda r: (-r[1], r[0]))[:n]]

@@ -9,20 +9,34 @@ Hyper-parameters (the paper publishes none; ours, with the reason; all in :class
 * Policy: SmolLM2-135M-Instruct, only the top 2 of 30 decoder layers, the final norm, an untied
   LM head and the value head train (``train_layers=2``): the frozen trunk is computed once per
   batch and shared by policy, reference and value, which is what fits SFT + PPO + evaluation
-  into 15 minutes on 2 CPU cores.
+  into 15 minutes on 2 CPU cores. Item rows of the LM head get a learned attribute part
+  (``item_features``: genre, director and star embeddings shared by every item that has them,
+  starting at zero, lr ``item_lr``): independent rows cannot generalise from a few hundred
+  samples over thousands of items.
+* Synthetic users know the ``user_pool`` = 400 most-mentioned ReDial movies (anchors and targets
+  come from there; any item may be suggested): real demand concentrates on popular titles, and
+  it keeps the part of the catalog that the held-out users' ground truth lives in learnable.
 * SFT: AdamW lr 5e-4 (only the top layers train; 3e-3 for the tiny random model), batch 8 (half
-  synthetic, half ReDial turns when both exist), 60 steps, context cut to its last 128 tokens,
+  synthetic, half ReDial turns when both exist), 180 steps = 3 epochs over 60 batches whose frozen
+  trunk activations are cached (the trunk is ~80% of a step), context cut to its last 128 tokens,
   responses to 24 tokens plus EOS.
 * R_phi: a frozen MiniLM encoder, one MLP (1536 + 3 -> 128 -> 4) over [c, r, c*r, |c-r|] of
   context and response embeddings and three lexical attribute matches; heads dwell (z-scored
   log, MSE), sentiment (MSE), engagement (BCE),
   satisfaction (MSE where labelled, rescaled to [0, 1]); 30 epochs, lr 1e-3. Reward =
   0.25 dwell + 1.0 sentiment + 0.5 (2 p_engage - 1) + 0.5 satisfaction: sentiment is the most
-  direct signal of a fitting suggestion, dwell the noisiest.
-* PPO: 12 iterations of 16 dialogues, at most 3 system turns of at most 8 new tokens, clip 0.2,
-  value clip 0.2, vf coef 0.5, entropy coef 0.001, gamma 1, lambda 0.95, k1 KL in the reward with
-  an adaptive beta (init 0.05, target 1 nat per dialogue, horizon 200), 2 epochs of mini-batches
-  of 8 dialogues, grad norm 1.0, lr 1e-4 (tiny: 1e-3).
+  direct signal of a fitting suggestion, dwell the noisiest. During PPO, R_phi is refit online on
+  the rollouts' own feedback (:class:`OnlineRM`, 16 steps per iteration), the guard against the
+  reward hacking an offline R_phi invites.
+* PPO: 20 iterations of 16 dialogues, at most 3 system turns of at most 8 new tokens (at least one;
+  items already in the dialogue are not suggested again), clip 0.2, value clip 0.2, vf coef 0.5,
+  entropy coef 0.001, gamma 1, lambda 0.95, k1 KL in the reward with an adaptive beta (init 0.05,
+  target 1 nat per dialogue, horizon 32 dialogues: beta may move 10% per iteration, fast
+  enough to act within 20 iterations), 2 epochs over fixed mini-batches of 8 dialogues
+  grouped by length (the trunk runs once per mini-batch per iteration), grad norm 1.0, lr 1e-4
+  (tiny: 1e-3), the item attribute embeddings lr 1e-4 too (``ppo_item_lr``; at 1e-3, ten times the
+  rest, one step on a genre moved thousands of items at once: KL to the reference reached 51 nats
+  per dialogue in 20 iterations and the ranking collapsed, ReDial Recall@10 0.038 -> 0.000).
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ from torch import nn
 from .. import ops
 from . import models as M
 from .labels import feedback_labels
-from .redial import load_redial, load_redial_catalog
+from .redial import load_redial, load_redial_catalog, most_mentioned
 from .schema import Catalog, Dialogue, Turn, data_dir
 from .simulator import UserSimulator, generate_catalog, write_synthetic_redial
 
@@ -58,21 +72,28 @@ class Config:
     seed: int = 0
     real_data: str = "auto"  # auto | on | off: use ReDial (catalog, train/test) from the data dir
     catalog_items: int = 600  # generated catalog size when no real catalog is used
+    user_pool: int = 400  # real catalog: synthetic users' anchors and targets among its most-mentioned items; 0 all
+    item_features: bool = True  # item rows of the LM head += a learned mean of their attribute embeddings
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 500
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)
     max_context: int = 128
     max_response: int = 24
-    sft_steps: int = 60
+    sft_steps: int = 180
+    sft_epochs: int = 3  # each distinct batch (its frozen-trunk activations cached) is seen this often
     sft_batch: int = 8
     sft_lr: float = 5e-4
+    item_lr: float = 1e-3  # the item attribute embeddings (new parameters, starting at zero)
+    ppo_item_lr: float = 1e-4
     rm_epochs: int = 30
     rm_lr: float = 1e-3
+    rm_batch: int = 128
+    rm_online_steps: int = 16  # R_phi refit steps on the rollouts' feedback after each PPO iteration; 0 off
     w_dwell: float = 0.25
     w_sentiment: float = 1.0
     w_engagement: float = 0.5
     w_satisfaction: float = 0.5
-    ppo_iters: int = 12
+    ppo_iters: int = 20
     episodes: int = 16
     turns: int = 3
     new_tokens: int = 8
@@ -87,13 +108,14 @@ class Config:
     lam: float = 0.95
     kl_beta: float = 0.05
     kl_target: float | None = 1.0
-    kl_horizon: int = 200
+    kl_horizon: int = 32
     max_grad_norm: float = 1.0
     temperature: float = 1.0
+    no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
     eval_users: int = 96
-    eval_every: int = 4
+    eval_every: int = 5
     val_users: int = 32
-    save_every: int = 4
+    save_every: int = 5
     redial_eval_max: int = 120
     bootstrap: int = 1000
     lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of the whole LM
@@ -110,6 +132,7 @@ class Config:
             max_context=64,
             max_response=16,
             sft_steps=60,
+            sft_epochs=1,
             sft_batch=16,
             sft_lr=3e-3,
             rm_epochs=40,
@@ -159,6 +182,7 @@ class CRSData:
     valid: list[Dialogue]
     redial_test: list[Dialogue] | None
     real: bool
+    pool: list[str] | None = None  # the items synthetic users know (None: the whole catalog)
 
 
 def _redial_paths() -> dict[str, pathlib.Path]:
@@ -182,13 +206,16 @@ def prepare_data(cfg: Config, workdir: pathlib.Path) -> CRSData:
     if cfg.real_data == "on" and not have:
         raise FileNotFoundError(f"real_data='on' but the ReDial files are missing under {data_dir() / 'redial'}")
     real = have and cfg.real_data != "off"
+    pool = None
     if real:
         catalog = load_redial_catalog(paths["movies"], paths["info"])
+        if cfg.user_pool > 0:
+            pool = [i for i in most_mentioned(paths["movies"], cfg.user_pool) if i in catalog]
     else:
         catalog = generate_catalog(cfg.catalog_items, seed=cfg.seed)
     workdir.mkdir(parents=True, exist_ok=True)
     synth_file = write_synthetic_redial(
-        catalog, cfg.synthetic_users, workdir / "synthetic_dialogues.jsonl", seed=cfg.seed
+        catalog, cfg.synthetic_users, workdir / "synthetic_dialogues.jsonl", seed=cfg.seed, pool=pool
     )
     synth = list(load_redial(synth_file))
     rng = random.Random(cfg.seed)
@@ -199,7 +226,7 @@ def prepare_data(cfg: Config, workdir: pathlib.Path) -> CRSData:
     if real:
         train += list(load_redial(paths["train"], on_error="skip"))[: cfg.redial_train_max]
         test = list(load_redial(paths["test"], on_error="skip"))[: cfg.redial_eval_max]
-    return CRSData(catalog, train, valid, test, real)
+    return CRSData(catalog, train, valid, test, real, pool)
 
 
 def turn_text(turn: Turn, catalog: Catalog) -> str:
@@ -277,7 +304,16 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[M.Policy, Any]:
             lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules=["q_proj", "v_proj"])
         )
     torch.manual_seed(cfg.seed)
-    return M.Policy(lm, item_ids, train_layers=0 if cfg.lora_r > 0 else cfg.train_layers), tok
+    attrs = M.item_attribute_index(data.catalog) if cfg.item_features else None
+    return M.Policy(lm, item_ids, train_layers=0 if cfg.lora_r > 0 else cfg.train_layers, item_attrs=attrs), tok
+
+
+def param_groups(policy: M.Policy, lr: float, item_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: the item attribute embeddings (new, starting at zero) at ``item_lr``,
+    every other trainable parameter at ``lr``."""
+    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith("item_attr.")]
+    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("item_attr.")]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": item, "lr": item_lr}) if g["params"]]
 
 
 def sft(
@@ -290,20 +326,29 @@ def sft(
     if not synthetic and not real:
         raise ValueError("no system turns with context to fine-tune on")
     pools = [[encode_pair(tok, c, r, cfg) for c, r in p] for p in (synthetic, real) if p]
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.sft_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(param_groups(policy, cfg.sft_lr, cfg.item_lr), weight_decay=0.0)
     rng = random.Random(cfg.seed)
+    n_batches = -(-cfg.sft_steps // max(cfg.sft_epochs, 1))
+    cache: dict[int, tuple] = {}
+    order = list(range(n_batches))
     history = []
     policy.train()
     for step in range(cfg.sft_steps):
-        # half of each batch from each source: ReDial's turns (more numerous) rarely start with an item
-        share = [cfg.sft_batch // len(pools) + (i < cfg.sft_batch % len(pools)) for i in range(len(pools))]
-        batch = [x for pool, n in zip(pools, share, strict=True) for x in rng.sample(pool, min(n, len(pool)))]
-        ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id)
-        target = torch.zeros_like(ids, dtype=torch.float32)
-        for i, (c, r) in enumerate(batch):
-            target[i, len(c) : len(c) + len(r)] = 1.0
-        m = target[:, 1:]
-        lp, _, _ = policy.logprobs(ids, attn, select=m > 0)
+        if step and step % n_batches == 0:  # a new epoch over the same batches, in a new order
+            rng.shuffle(order)
+        k = order[step % n_batches]
+        if k not in cache:
+            # half of each batch from each source: ReDial's turns (more numerous) rarely start with an item
+            share = [cfg.sft_batch // len(pools) + (i < cfg.sft_batch % len(pools)) for i in range(len(pools))]
+            batch = [x for pool, n in zip(pools, share, strict=True) for x in rng.sample(pool, min(n, len(pool)))]
+            ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id)
+            target = torch.zeros_like(ids, dtype=torch.float32)
+            for i, (c, r) in enumerate(batch):
+                target[i, len(c) : len(c) + len(r)] = 1.0
+            state = policy.trunk(ids, attn) if cfg.sft_epochs > 1 else None
+            cache[k] = (ids, attn, target[:, 1:], state)
+        ids, attn, m, state = cache[k] if cfg.sft_epochs > 1 else cache.pop(k)
+        lp, _, _ = policy.logprobs(ids, attn, select=m > 0, state=state)
         loss = -(lp * m).sum() / m.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -406,6 +451,20 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12))
 
 
+def rm_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """R_phi's training loss over the labelled entries of ``y`` [n, 4] (NaN = missing): MSE for
+    dwell, sentiment and satisfaction, BCE (on the logit) for engagement, summed over heads."""
+    loss = out.new_zeros(())
+    for h in range(len(HEADS)):
+        ok = ~y[:, h].isnan()
+        if ok.any():
+            if h == 2:
+                loss = loss + nn.functional.binary_cross_entropy_with_logits(out[ok, h], y[ok, h])
+            else:
+                loss = loss + nn.functional.mse_loss(out[ok, h], y[ok, h])
+    return loss
+
+
 def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -> tuple[RewardModel, dict[str, float]]:
     """Fit R_phi on ``train`` examples (:func:`rm_examples`), report held-out quality on ``valid``:
     Spearman for dwell, sentiment and satisfaction, AUC for engagement."""
@@ -436,19 +495,11 @@ def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 256):
             idx = perm[i : i + 256]
-            out = rm.net(x[idx])
-            yy = y[idx]
-            loss = torch.zeros(())
-            for h in range(4):
-                ok = ~yy[:, h].isnan()
-                if ok.any():
-                    if h == 2:
-                        loss = loss + nn.functional.binary_cross_entropy_with_logits(out[ok, h], yy[ok, h])
-                    else:
-                        loss = loss + nn.functional.mse_loss(out[ok, h], yy[ok, h])
+            loss = rm_loss(rm.net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+    rm.train_x, rm.train_y = x, y  # kept for the online refits during PPO
     rm.eval()
     quality: dict[str, float] = {}
     if valid:
@@ -477,6 +528,7 @@ class Scorer:
 
     def __init__(self, rm: RewardModel, encoder, catalog: Catalog) -> None:
         self.rm, self.encoder, self.catalog = rm, encoder, catalog
+        self.last_features = torch.zeros(0)
 
     @torch.no_grad()
     def __call__(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
@@ -487,7 +539,69 @@ class Scorer:
             [attribute_match(x, M.items_in(y), self.catalog) for x, y in zip(ctx, responses, strict=True)],
             dtype=torch.float32,
         ).reshape(len(ctx), N_MATCH)
+        self.last_features = self.rm.features(c, r, match)  # for the online refit (OnlineRM)
         return self.rm.reward(c, r, match)
+
+
+class OnlineRM:
+    """Online refits of R_phi during PPO on the implicit feedback of the policy's own dialogues.
+
+    An R_phi fit once on logged dialogues is wrong exactly where PPO goes: responses unlike any
+    logged one (measured: with the offline R_phi alone, PPO drifted to near-empty turns that R_phi
+    scored above every recommendation while the simulated users rated them 0.2). So after each PPO
+    iteration the rollouts' feedback is labelled as the logged data is (dwell per 100 characters
+    read; sentiment from the liked/disliked reaction to a suggestion, else the reply's polarity;
+    engagement), appended, and R_phi takes ``cfg.rm_online_steps`` AdamW steps on batches half
+    online, half offline. Before each refit, the Spearman correlation of R_phi's sentiment head with
+    the new labels is its on-policy held-out quality."""
+
+    def __init__(self, rm: RewardModel, cfg: Config, x_off: torch.Tensor, y_off: torch.Tensor) -> None:
+        self.rm, self.cfg = rm, cfg
+        self.x_off, self.y_off = x_off, y_off
+        self.x = torch.zeros(0, x_off.shape[1])
+        self.y = torch.zeros(0, y_off.shape[1])
+        self.opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=1e-4)
+
+    def labels(self, eps: Sequence[Episode], catalog: Catalog) -> torch.Tensor:
+        """[n, 4] labels (dwell z-scored, sentiment, engaged, satisfaction = NaN) per system turn,
+        in the order the scorer saw them."""
+        from .labels import text_sentiment
+
+        rows = []
+        for e in eps:
+            for k, fb in enumerate(e.feedback):
+                read = max(len(M.render(e.responses[k], catalog)), 1)
+                dwell = (math.log1p(fb.dwell / read * 100) - float(self.rm.dwell_mu)) / float(self.rm.dwell_sd)
+                if e.recs[k]:  # the liked / disliked label the logs would carry
+                    sent = 1.0 if fb.sentiment > 0.2 else -1.0 if fb.sentiment < -0.2 else 0.0
+                else:
+                    sent = text_sentiment(e.replies[k])
+                rows.append([dwell, sent, 1.0, float("nan")])
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 4)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Record the on-policy quality of R_phi on (``features``, ``labels``), append them and refit."""
+        with torch.no_grad():
+            pred = self.rm.net(features)[:, 1]
+        quality = {"rm_onpolicy_sentiment_spearman": spearman(pred, labels[:, 1])}
+        self.x, self.y = torch.cat([self.x, features]), torch.cat([self.y, labels])
+        half = self.cfg.rm_batch // 2
+        self.rm.train()
+        for _ in range(self.cfg.rm_online_steps):
+            i_on = torch.randint(len(self.x), (half,))
+            i_off = torch.randint(len(self.x_off), (half,))
+            x = torch.cat([self.x[i_on], self.x_off[i_off]])
+            y = torch.cat([self.y[i_on], self.y_off[i_off]])
+            loss = rm_loss(self.rm.net(x), y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        self.rm.eval()
+        return quality
+
+    def state(self) -> dict[str, Any]:
+        """Tensors to checkpoint (with the optimizer's state_dict)."""
+        return {"x": self.x, "y": self.y}
 
 
 # ------------------------------------------------------------------------------------------- rollouts
@@ -508,6 +622,8 @@ class Episode:
     contexts: list[str] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     recs: list[list[str]] = field(default_factory=list)
+    feedback: list[Any] = field(default_factory=list)  # the simulator's Feedback per system turn
+    replies: list[str] = field(default_factory=list)  # the user's answer to each system turn
 
 
 def _user_piece(tok, text: str, first: bool) -> list[int]:
@@ -526,11 +642,13 @@ def rollout(
     *,
     sample: bool = True,
     gen_seed: int = 0,
+    pool: Sequence[str] | None = None,
 ) -> list[Episode]:
-    """Multi-turn dialogues with synthetic users: the policy writes each system turn (sampling, or
-    greedy when ``sample`` is False), the simulator answers, R_phi scores each system turn."""
+    """Multi-turn dialogues with synthetic users (drawn from ``pool``, see :class:`UserSimulator`):
+    the policy writes each system turn (sampling, or greedy when ``sample`` is False), the
+    simulator answers, R_phi scores each system turn."""
     policy.eval()
-    users = [UserSimulator(catalog, budget=cfg.turns) for _ in seeds]
+    users = [UserSimulator(catalog, budget=cfg.turns, pool=pool) for _ in seeds]
     eps = []
     for u, s in zip(users, seeds, strict=True):
         first = u.reset(s)
@@ -549,7 +667,14 @@ def rollout(
         for j, c in enumerate(ctx):  # left padding for generation
             ids[j, L - len(c) :] = torch.tensor(c)
             attn[j, L - len(c) :] = 1
-        out = _generate(policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen)
+        ban = torch.zeros(len(live), policy.lm.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+        if cfg.no_repeat_items:
+            is_item = torch.zeros_like(ban[0])
+            is_item[policy.item_ids] = True
+            for j, i in enumerate(live):
+                seen = torch.tensor(eps[i].ids, dtype=torch.int64)
+                ban[j, seen[is_item[seen]]] = True
+        out = _generate(policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen, ban)
         for j, i in enumerate(live):
             resp = out[j].tolist()
             if eos in resp:
@@ -567,11 +692,14 @@ def rollout(
             e.turn_ends.append(len(e.ids) - 1)
             reply, fb, done = users[i].step(M.render(text, catalog), items)
             e.satisfaction, e.accepted = fb.satisfaction, fb.accepted
+            e.feedback.append(fb)
+            e.replies.append(reply)
             if not done:
                 piece = _user_piece(tok, reply, False)
                 e.ids += piece
                 e.gen += [0] * len(piece)
     if scorer is not None:
+        scorer.last_features = torch.zeros(0)
         flat = [(e, k) for e in eps for k in range(len(e.responses))]
         if flat:
             r = scorer([e.contexts[k] for e, k in flat], [e.responses[k] for e, k in flat])
@@ -600,18 +728,35 @@ def _greedy_first(logits: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(item_mass > best_other.values, best_item, best_other.indices)
 
 
-def _generate(policy: M.Policy, ids, attn, n: int, eos: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
+def _generate(
+    policy: M.Policy,
+    ids,
+    attn,
+    n: int,
+    eos: int,
+    temperature: float,
+    gen: torch.Generator,
+    ban: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sample ``n`` tokens per row (KV cache through the decoder's forward, the policy's head);
-    greedy when temperature is 0."""
+    greedy when temperature is 0. At least one token before EOS (a turn says something); tokens
+    where ``ban`` [B, V] is True are never chosen, and item tokens chosen are banned for the rest
+    of the turn."""
     import inspect
 
     backbone, head = policy.backbone(), policy.head()
+    ban = torch.zeros(ids.shape[0], head.shape[0], dtype=torch.bool) if ban is None else ban.clone()
+    is_item = torch.zeros(head.shape[0], dtype=torch.bool)
+    is_item[policy.item_ids] = True
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     past, logits = _step(backbone, head, input_ids=ids, attention_mask=attn, position_ids=pos)
     toks = []
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
-    for _ in range(n):
+    for step in range(n):
+        logits = logits.masked_fill(ban, float("-inf"))
+        if step == 0:
+            logits[:, eos] = float("-inf")
         if temperature > 0:
             p = torch.softmax(logits.float() / temperature, dim=-1)
             nxt = torch.multinomial(p, 1, generator=gen).squeeze(1)
@@ -622,6 +767,7 @@ def _generate(policy: M.Policy, ids, attn, n: int, eos: int, temperature: float,
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         toks.append(nxt)
         done |= nxt == eos
+        ban[torch.arange(len(nxt)), nxt] |= is_item[nxt]
         if bool(done.all()):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
@@ -636,58 +782,78 @@ def _generate(policy: M.Policy, ids, attn, n: int, eos: int, temperature: float,
 
 
 @dataclass
-class PPOBatch:
+class Minibatch:
+    """One fixed mini-batch of dialogues: its tokens, the frozen trunk's activations (computed once
+    and reused by the reference, the old log-probs and every PPO epoch) and its PPO targets."""
+
     ids: torch.Tensor
     attn: torch.Tensor
-    mask: torch.Tensor  # [B, L-1]: 1 where token t+1 was generated by the policy
+    state: Any
+    mask: torch.Tensor  # [b, L-1]: 1 where token t+1 was generated by the policy
     old_lp: torch.Tensor
     old_v: torch.Tensor
     adv: torch.Tensor
     ret: torch.Tensor
-    kl: torch.Tensor
+
+
+@dataclass
+class PPOBatch:
+    minibatches: list[Minibatch]
+    mask: torch.Tensor  # [B, L-1] over all dialogues (right-padded to the longest)
+    kl: torch.Tensor  # [B, L-1]: k1 estimate of KL(policy || reference) per generated token
 
 
 @torch.no_grad()
 def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, beta: float, cfg: Config) -> PPOBatch:
     """Old log-probs and values, reference log-probs, per-token rewards (R_phi's turn reward at each
-    system turn's last token, -beta * KL on every system token) and GAE with user tokens masked."""
-    ids, attn = pad_right([e.ids for e in eps], tok.pad_token_id)
-    gen, _ = pad_right([e.gen for e in eps], 0)
-    mask = gen[:, 1:].float()
-    state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
-    lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
-    ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
-    kl = ops.kl_penalty(lp, ref_lp, kind="k1") * mask
-    scores = torch.zeros(len(eps))
-    rewards = ops.token_rewards(scores, kl, mask, beta=beta)
+    system turn's last token, -beta * KL on every system token) and GAE with user tokens masked
+    (whitened over the whole batch). Dialogues are grouped by length into fixed mini-batches of
+    ``cfg.minibatch`` (less padding), each running the frozen trunk once for everything after."""
+    order = sorted(range(len(eps)), key=lambda b: (len(eps[b].ids), b))
+    groups = [order[i : i + cfg.minibatch] for i in range(0, len(order), cfg.minibatch)]
+    L = max(len(e.ids) for e in eps) - 1
+    full = {k: torch.zeros(len(eps), L) for k in ("mask", "lp", "ref", "v")}
+    parts = []
+    for g in groups:
+        ids, attn = pad_right([eps[b].ids for b in g], tok.pad_token_id)
+        gen, _ = pad_right([eps[b].gen for b in g], 0)
+        mask = gen[:, 1:].float()
+        state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
+        lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
+        ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
+        n = mask.shape[1]
+        for k, x in (("mask", mask), ("lp", lp), ("ref", ref_lp), ("v", v)):
+            full[k][g, :n] = x.float()
+        parts.append((g, ids, attn, state, n))
+    mask = full["mask"]
+    kl = ops.kl_penalty(full["lp"], full["ref"], kind="k1") * mask
+    rewards = ops.token_rewards(torch.zeros(len(eps)), kl, mask, beta=beta)
     for b, e in enumerate(eps):
         for pos, r in zip(e.turn_ends, e.rewards, strict=False):
             rewards[b, pos - 1] += r  # logits index pos-1 predicts token pos
-    adv, ret = ops.gae(rewards, v * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
-    return PPOBatch(ids, attn, mask, lp, v, adv, ret, kl)
+    adv, ret = ops.gae(rewards, full["v"] * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
+    mbs = [
+        Minibatch(ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n])
+        for g, ids, attn, state, n in parts
+    ]
+    return PPOBatch(mbs, mask, kl)
 
 
 def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=None) -> dict[str, float]:
-    """PPO epochs over mini-batches of dialogues: clipped policy loss, clipped value loss, entropy
-    bonus; gradient clipping. Returns mean statistics."""
+    """PPO epochs over the batch's mini-batches (their order shuffled per epoch): clipped policy
+    loss, clipped value loss, entropy bonus; gradient clipping. Returns mean statistics."""
     policy.train()
-    B = batch.ids.shape[0]
     stats: dict[str, list[float]] = {}
-    g = torch.Generator().manual_seed(int(batch.ids.sum()) % (2**31))
+    g = torch.Generator().manual_seed(int(sum(int(mb.ids.sum()) for mb in batch.minibatches)) % (2**31))
     for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, generator=g)
-        for i in range(0, B, cfg.minibatch):
-            idx = perm[i : i + cfg.minibatch]
-            m = batch.mask[idx]
+        for k in torch.randperm(len(batch.minibatches), generator=g).tolist():
+            mb = batch.minibatches[k]
+            m = mb.mask
             if m.sum() == 0:
                 continue
-            base = accelerator.unwrap_model(policy) if accelerator is not None else policy
-            state = base.trunk(batch.ids[idx], batch.attn[idx])
-            lp, ent, v = policy(batch.ids[idx], batch.attn[idx], m > 0, state)
-            pl, ps = ops.ppo_policy_loss(
-                lp, batch.old_lp[idx], batch.adv[idx], m, clip_low=cfg.clip, clip_high=cfg.clip
-            )
-            vl, vs = ops.ppo_value_loss(v, batch.old_v[idx], batch.ret[idx], m, clip=cfg.value_clip)
+            lp, ent, v = policy(mb.ids, mb.attn, m > 0, mb.state)
+            pl, ps = ops.ppo_policy_loss(lp, mb.old_lp, mb.adv, m, clip_low=cfg.clip, clip_high=cfg.clip)
+            vl, vs = ops.ppo_value_loss(v, mb.old_v, mb.ret, m, clip=cfg.value_clip)
             entropy = (ent * m).sum() / m.sum()
             loss = pl + cfg.vf_coef * vl - cfg.ent_coef * entropy
             opt.zero_grad(set_to_none=True)
@@ -698,14 +864,14 @@ def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
-            for k, val in (
+            for key, val in (
                 ("policy_loss", pl),
                 ("value_loss", vl),
                 ("entropy", entropy),
                 ("clipfrac", ps["clipfrac"]),
                 ("approx_kl", ps["approx_kl"]),
             ):
-                stats.setdefault(k, []).append(float(val.detach() if torch.is_tensor(val) else val))
+                stats.setdefault(key, []).append(float(val.detach() if torch.is_tensor(val) else val))
     policy.eval()
     return {k: sum(v) / len(v) for k, v in stats.items()}
 

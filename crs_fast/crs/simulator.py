@@ -59,32 +59,51 @@ _ACCEPT = [
     "Great pick, {title} it is. Bye!",
 ]
 _LEAVE = ["I think I'll look elsewhere, bye.", "Never mind, thanks anyway.", "I'll pass for now. Goodbye."]
-_ASK = ["Could you suggest a specific movie? Maybe {genre}?", "Any title in mind? I like {star}."]
+_ASK = [  # worded so their polarity (VADER) matches the feedback: a turn without a suggestion disappoints
+    "Hmm, no title? I am not sure that helps. Something {genre}?",
+    "No suggestion? That does not help. Anything with {star}?",
+    "That does not help. Just name a movie with {star}.",
+]
 
 
 class UserSimulator:
     """One synthetic user over ``catalog``: ``reset(seed)`` draws the user and returns their first
-    message; ``step(system_text, item_ids)`` returns (reply, :class:`Feedback`, done)."""
+    message; ``step(system_text, item_ids)`` returns (reply, :class:`Feedback`, done).
+
+    ``pool`` (catalog ids; default all) is the part of the catalog users know: their anchor and
+    targets come from it, while any catalog item can be suggested and is judged by its fit."""
 
     def __init__(
-        self, catalog: Catalog, *, budget: int = 4, max_turns: int = 10, attributes: Sequence[str] = ATTRIBUTES
+        self,
+        catalog: Catalog,
+        *,
+        budget: int = 4,
+        max_turns: int = 10,
+        attributes: Sequence[str] = ATTRIBUTES,
+        pool: Sequence[str] | None = None,
     ) -> None:
         self.catalog = catalog
         self.attributes = tuple(a for a in attributes if any(it.attributes.get(a) for it in catalog.items.values()))
         if not self.attributes:
             raise ValueError(f"the catalog has none of the attributes {tuple(attributes)}")
+        if pool is not None:
+            unknown = [i for i in pool if i not in catalog]
+            if unknown:
+                raise ValueError(f"pool: {len(unknown)} ids are not in the catalog, e.g. {unknown[:3]}")
+        self.pool = list(dict.fromkeys(pool)) if pool is not None else catalog.ids()
         self.by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for item in catalog.items.values():
+        for i in self.pool:
             for attr in self.attributes:
-                for value in item.attributes.get(attr, []):
-                    self.by_value[(attr, value)].append(item.id)
+                for value in catalog[i].attributes.get(attr, []):
+                    self.by_value[(attr, value)].append(i)
         self.anchors = [
             i
-            for i, it in catalog.items.items()
-            if it.attributes.get(self.attributes[0]) and sum(bool(it.attributes.get(a)) for a in self.attributes) >= 2
+            for i in self.pool
+            if (it := catalog[i]).attributes.get(self.attributes[0])
+            and sum(bool(it.attributes.get(a)) for a in self.attributes) >= 2
         ]
         if not self.anchors:
-            raise ValueError("no catalog item has enough attributes to build a user's taste")
+            raise ValueError("no pool item has enough attributes to build a user's taste")
         self.initial_budget, self.max_turns = budget, max_turns
 
     def fit(self, item_id: str) -> float:
@@ -317,19 +336,27 @@ _SYS_SUGGEST = [
     "How about @{id}? {star} is in it.",
     "I'd recommend @{id}, a {genre} favourite.",
 ]
-_SYS_ASK = ["What kind of movies do you like?", "Any favourite actors?"]
+_SYS_ASK = ["What kind of movies do you like?", "Any favourite actors?", "Ok.", "Hmm, let me think."]
 
 
 def write_synthetic_redial(
-    catalog: Catalog, n_users: int, path: str | pathlib.Path, *, seed: int = 0, hit_rate: float = 0.3
+    catalog: Catalog,
+    n_users: int,
+    path: str | pathlib.Path,
+    *,
+    seed: int = 0,
+    hit_rate: float = 0.3,
+    ask_rate: float = 0.15,
+    pool: Sequence[str] | None = None,
 ) -> pathlib.Path:
-    """Simulate ``n_users`` dialogues against a noisy recommender (a target with probability
-    ``hit_rate``, else an item sharing a genre, else a random one) and write them in the raw
-    ReDial JSONL format (``timeOffset`` from the simulated dwell, liked/seen labels from the
-    feedback), so the ReDial loader, labels and metrics apply unchanged."""
+    """Simulate ``n_users`` dialogues against a noisy recommender (a question without a suggestion
+    with probability ``ask_rate``, else a target with probability ``hit_rate``, else an item of the
+    ``pool`` sharing a genre, else a random pool item) and write them in the raw ReDial JSONL format
+    (``timeOffset`` from the simulated dwell, liked/seen labels from the feedback), so the ReDial
+    loader, labels and metrics apply unchanged."""
     rng = random.Random(seed)
-    user = UserSimulator(catalog)
-    ids = catalog.ids()
+    user = UserSimulator(catalog, pool=pool)
+    ids = user.pool
     path = pathlib.Path(path)
     with open(path, "w", encoding="utf-8") as f:
         for n in range(n_users):
@@ -340,6 +367,18 @@ def write_synthetic_redial(
             questions[user.liked[0]] = {"suggested": 0, "seen": 1, "liked": 1}
             done = False
             while not done:
+                if rng.random() < ask_rate:
+                    ask = rng.choice(_SYS_ASK)
+                    t += rng.uniform(8, 30)
+                    messages.append(
+                        {"messageId": len(messages), "text": ask, "timeOffset": round(t), "senderWorkerId": 2}
+                    )
+                    reply, fb, done = user.step(ask, [])
+                    t += fb.dwell
+                    messages.append(
+                        {"messageId": len(messages), "text": reply, "timeOffset": round(t), "senderWorkerId": 1}
+                    )
+                    continue
                 u = rng.random()
                 if u < hit_rate:
                     item = rng.choice(sorted(user.targets))

@@ -209,3 +209,90 @@ def test_greedy_first_token_treats_recommending_as_one_action():
     items = torch.tensor([2, 3, 4])  # together 0.6 > 0.3 in row 0; 0.45 < 0.5 in row 1
     out = R._greedy_first(logits, items)
     assert out.tolist() == [2, 0]
+
+
+def test_item_features_start_at_zero_and_share_what_one_item_learns():
+    from crs_fast.crs.schema import Catalog, Item
+
+    items = [
+        Item("a", "Alpha One", {"genre": ["comedy"], "star": ["Ann Lee"]}),
+        Item("b", "Beta Two", {"genre": ["comedy", "drama"], "star": ["Bo Ray"]}),
+        Item("c", "Gamma Three", {"genre": ["horror"], "star": ["Ann Lee"]}),
+        Item("d", "Delta Four", {"genre": ["western"]}),  # no value shared with another item
+    ]
+    catalog = Catalog(items)
+    attrs = M.item_attribute_index(catalog)
+    assert attrs[3] == [] and len({v for a in attrs for v, _ in a}) == 2  # comedy, Ann Lee
+    assert attrs[0] == [(attrs[1][0][0], 1.0), (attrs[2][0][0], 1.0)]  # one comedy, one star: weight 1 each
+    lm, tok = M.load_lm("tiny", [it.title for it in items] + ["User System : hi"])
+    ids = M.add_item_tokens(lm, tok, catalog)
+    plain = M.Policy(lm, ids, train_layers=1)
+    feat = M.Policy(lm, ids, train_layers=1, item_attrs=attrs)
+    torch.testing.assert_close(feat.head(), plain.head())  # starts exactly as built
+    x, attn = R.pad_right([tok("User : hi System :")["input_ids"]], tok.pad_token_id)
+    torch.testing.assert_close(feat.rank_items(x, attn, 4), plain.rank_items(x, attn, 4))
+    # raise item "a" (comedy, Ann Lee): the other comedy and the other Ann Lee film rise with it
+    h = feat.hidden(x, attn)[0, -1].detach()
+    opt = torch.optim.SGD(feat.item_attr.parameters(), lr=0.5)
+    before = (feat.head()[ids] @ h).detach()
+    for _ in range(3):
+        loss = -(feat.head()[ids[0]] @ h)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    gain = (feat.head()[ids] @ h).detach() - before
+    assert gain[0] > 0 and gain[1] > 0 and gain[2] > 0 and gain[3].abs() < 1e-6
+    with pytest.raises(ValueError, match="item_attrs has 2 entries for 4 items"):
+        M.Policy(lm, ids, item_attrs=attrs[:2])
+
+
+def test_decoding_never_picks_a_banned_token_and_never_ends_a_turn_empty():
+    from crs_fast.crs.simulator import generate_catalog
+
+    catalog = generate_catalog(12, seed=3)
+    lm, tok = M.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi"])
+    ids = M.add_item_tokens(lm, tok, catalog)
+    policy = M.Policy(lm, ids).eval()
+    x = torch.tensor([tok("User : hi System :")["input_ids"]] * 6)
+    attn = torch.ones_like(x)
+    V = policy.head().shape[0]
+    ban = torch.zeros(6, V, dtype=torch.bool)
+    ban[:, ids[:8]] = True  # eight of the twelve items already in the dialogue
+    with torch.no_grad():
+        policy.lm.get_output_embeddings().weight[tok.eos_token_id] += 50.0  # EOS would win every step
+        out = R._generate(policy, x, attn, 5, tok.eos_token_id, 1.0, torch.Generator().manual_seed(0), ban)
+    assert (out[:, 0] != tok.eos_token_id).all()
+    assert not torch.isin(out, ids[:8]).any()
+    for row in out.tolist():  # an item chosen in a turn is not chosen again in it
+        items = [t for t in row if t in set(ids.tolist())]
+        assert len(items) == len(set(items))
+
+
+def test_online_rm_labels_like_the_logs_and_refits_towards_them():
+    from crs_fast.crs.simulator import Feedback, generate_catalog
+
+    catalog = generate_catalog(10, seed=0)
+    i = catalog.ids()[0]
+    ep = R.Episode(seed=0, ids=[], gen=[])
+    ep.responses = [f"{M.item_token(i)} try it", "What kind of movies do you like?"]
+    ep.recs = [[i], []]
+    ep.replies = ["Oh, sounds great!", "No suggestion? That does not help."]
+    ep.feedback = [
+        Feedback(dwell=30.0, sentiment=0.7, engagement=1.0, accepted=False, satisfaction=0.8),
+        Feedback(dwell=8.0, sentiment=-0.6, engagement=1.0, accepted=False, satisfaction=0.5),
+    ]
+    cfg = R.Config.quick(rm_online_steps=40, rm_batch=8)
+    rm = R.RewardModel(dim=4)
+    x_off = torch.randn(32, 4 * 4 + R.N_MATCH)
+    y_off = torch.randn(32, 4)
+    online = R.OnlineRM(rm, cfg, x_off, y_off)
+    y = online.labels([ep], catalog)
+    assert y.shape == (2, 4) and y[0, 1] == 1.0 and y[1, 1] < 0  # liked suggestion / disappointed reply
+    assert y[0, 0] > y[1, 0] and y[:, 2].eq(1.0).all() and y[:, 3].isnan().all()
+    feats = torch.randn(2, x_off.shape[1])
+    with torch.no_grad():
+        before = float(R.rm_loss(rm.net(feats), y))
+    quality = online.update(feats, y)
+    assert "rm_onpolicy_sentiment_spearman" in quality and len(online.x) == 2
+    with torch.no_grad():
+        assert float(R.rm_loss(rm.net(feats), y)) < before

@@ -1,7 +1,9 @@
 """The synthetic users: oracle against random recommenders, determinism, batching, the writer."""
 
+import pathlib
 import random
 import statistics
+import tempfile
 
 import pytest
 
@@ -70,3 +72,22 @@ def test_writer_round_trip(tmp_path, catalog):
     assert len(ds) == 25 and ds.stats.unresolved_mentions == 0
     assert all(t.time is not None for d in ds for t in d.turns)
     assert all(d.ratings["initiator"] for d in ds)
+
+
+def test_pool_bounds_anchors_and_targets_but_not_what_may_be_suggested(catalog):
+    pool = catalog.ids()[:60]
+    sim = UserSimulator(catalog, pool=pool)
+    outside = set(catalog.ids()) - set(pool)
+    for seed in range(40):
+        sim.reset(seed)
+        assert set(sim.liked) <= set(pool) and sim.targets <= set(pool)
+    # an item outside the pool is still judged by its fit, not treated as unknown
+    best = max(outside, key=sim.fit)
+    assert sim.fit(best) >= 0.25
+    sim.step("try", [best])
+    assert sim.fits[-1] == sim.fit(best)
+    with pytest.raises(ValueError, match="not in the catalog"):
+        UserSimulator(catalog, pool=["no-such-id"])
+    path = write_synthetic_redial(catalog, 10, pathlib.Path(tempfile.mkdtemp()) / "p.jsonl", seed=1, pool=pool)
+    suggested = {i for d in load_redial(path) for t in d.turns if t.role == "system" for i in t.items}
+    assert suggested and suggested <= set(pool)
