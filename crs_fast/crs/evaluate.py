@@ -58,7 +58,7 @@ def top_lists(policy: M.Policy, tok, prompts: Sequence[str], k: int, cfg: Config
     for i in range(0, len(todo), 32):
         chunk = todo[i : i + 32]
         seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in chunk]
-        ids, attn = pad_right(seqs, tok.pad_token_id)
+        ids, attn = pad_right(seqs, tok.pad_token_id, policy.device)
         out.update(zip(chunk, policy.rank_items(ids, attn, k).tolist(), strict=True))
     return out
 

@@ -213,6 +213,11 @@ class Policy(nn.Module):
             self.register_buffer("attr_weights", weights, persistent=False)
             self.register_buffer("attr_offsets", offsets.to(torch.int64), persistent=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's parameters are (inputs are moved there)."""
+        return self.value_head.weight.device
+
     def backbone(self) -> nn.Module:
         """The decoder stack (under a PEFT wrapper too)."""
         base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm

@@ -108,6 +108,11 @@ def load_policy(policy, path: pathlib.Path) -> None:
     load_model(policy, str(path))
 
 
+def _device() -> torch.device:
+    """The accelerator when there is one (SFT and evaluation; PPO places through Accelerate)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _setup(cfg: R.Config, out: pathlib.Path, data: R.CRSData | None = None):
     """(data, base policy, tokenizer); ``data`` prepared here unless given (stages run by the
     demo share one preparation)."""
@@ -122,6 +127,7 @@ def _setup(cfg: R.Config, out: pathlib.Path, data: R.CRSData | None = None):
 def run_sft(cfg: R.Config, out: pathlib.Path, *, data: R.CRSData | None = None) -> pathlib.Path:
     """SFT from the base model; writes ``sft/policy.safetensors``."""
     data, policy, tok = _setup(cfg, out, data)
+    policy.to(_device())
     tracker = Tracker(out)
     with _progress(cfg.sft_steps, "SFT") as advance:
         R.sft(
@@ -212,7 +218,7 @@ def run_ppo(
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     data, policy, tok = _setup(cfg, out, data)
     load_policy(policy, out / "sft" / "policy.safetensors")
-    ref = R.frozen_copy(policy)
+    ref = R.frozen_copy(policy).to(acc.device)
     encoder = encoder or SentenceEncoder()
     scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
     online = None
@@ -333,7 +339,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             _, policy, tok = _setup(cfg, out, data)
             if path is not None:
                 load_policy(policy, path)
-            policy.eval()
+            policy.to(_device()).eval()
             r_std, r_dedup = E.ranks(policy, tok, data.catalog, samples, cfg)
             dia, per_user = E.dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder, data.pool)
             res = {"synthetic": {"standard": E.ranking_metrics(r_std), "dedup": E.ranking_metrics(r_dedup), **dia}}

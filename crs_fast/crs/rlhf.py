@@ -279,15 +279,17 @@ def encode_pair(tok, context: str, response: str, cfg: Config) -> tuple[list[int
     return c, r
 
 
-def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) [B, L] right-padded."""
+def pad_right(
+    seqs: Sequence[Sequence[int]], pad: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, L] right-padded, on ``device`` (default CPU)."""
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad, dtype=torch.int64)
     mask = torch.zeros(len(seqs), L, dtype=torch.int64)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
         mask[i, : len(s)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 # ------------------------------------------------------------------------------------------ policy
@@ -341,7 +343,7 @@ def sft(
             # half of each batch from each source: ReDial's turns (more numerous) rarely start with an item
             share = [cfg.sft_batch // len(pools) + (i < cfg.sft_batch % len(pools)) for i in range(len(pools))]
             batch = [x for pool, n in zip(pools, share, strict=True) for x in rng.sample(pool, min(n, len(pool)))]
-            ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id)
+            ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id, policy.device)
             target = torch.zeros_like(ids, dtype=torch.float32)
             for i, (c, r) in enumerate(batch):
                 target[i, len(c) : len(c) + len(r)] = 1.0
@@ -654,7 +656,8 @@ def rollout(
         first = u.reset(s)
         ids = _user_piece(tok, first, True)
         eps.append(Episode(s, ids, [0] * len(ids)))
-    gen = torch.Generator().manual_seed(gen_seed)
+    dev = policy.device
+    gen = torch.Generator(device=dev).manual_seed(gen_seed)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     for _ in range(cfg.turns):
         live = [i for i, u in enumerate(users) if not u.done]
@@ -667,6 +670,7 @@ def rollout(
         for j, c in enumerate(ctx):  # left padding for generation
             ids[j, L - len(c) :] = torch.tensor(c)
             attn[j, L - len(c) :] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
         ban = torch.zeros(len(live), policy.lm.get_output_embeddings().weight.shape[0], dtype=torch.bool)
         if cfg.no_repeat_items:
             is_item = torch.zeros_like(ban[0])
@@ -674,7 +678,9 @@ def rollout(
             for j, i in enumerate(live):
                 seen = torch.tensor(eps[i].ids, dtype=torch.int64)
                 ban[j, seen[is_item[seen]]] = True
-        out = _generate(policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen, ban)
+        out = _generate(
+            policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen, ban.to(dev)
+        ).cpu()
         for j, i in enumerate(live):
             resp = out[j].tolist()
             if eos in resp:
@@ -745,14 +751,15 @@ def _generate(
     import inspect
 
     backbone, head = policy.backbone(), policy.head()
-    ban = torch.zeros(ids.shape[0], head.shape[0], dtype=torch.bool) if ban is None else ban.clone()
-    is_item = torch.zeros(head.shape[0], dtype=torch.bool)
+    dev = ids.device
+    ban = torch.zeros(ids.shape[0], head.shape[0], dtype=torch.bool, device=dev) if ban is None else ban.clone()
+    is_item = torch.zeros(head.shape[0], dtype=torch.bool, device=dev)
     is_item[policy.item_ids] = True
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     past, logits = _step(backbone, head, input_ids=ids, attention_mask=attn, position_ids=pos)
     toks = []
-    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
     for step in range(n):
         logits = logits.masked_fill(ban, float("-inf"))
         if step == 0:
@@ -812,11 +819,12 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
     order = sorted(range(len(eps)), key=lambda b: (len(eps[b].ids), b))
     groups = [order[i : i + cfg.minibatch] for i in range(0, len(order), cfg.minibatch)]
     L = max(len(e.ids) for e in eps) - 1
-    full = {k: torch.zeros(len(eps), L) for k in ("mask", "lp", "ref", "v")}
+    dev = policy.device
+    full = {k: torch.zeros(len(eps), L, device=dev) for k in ("mask", "lp", "ref", "v")}
     parts = []
     for g in groups:
-        ids, attn = pad_right([eps[b].ids for b in g], tok.pad_token_id)
-        gen, _ = pad_right([eps[b].gen for b in g], 0)
+        ids, attn = pad_right([eps[b].ids for b in g], tok.pad_token_id, dev)
+        gen, _ = pad_right([eps[b].gen for b in g], 0, dev)
         mask = gen[:, 1:].float()
         state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
         lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
@@ -827,7 +835,7 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
         parts.append((g, ids, attn, state, n))
     mask = full["mask"]
     kl = ops.kl_penalty(full["lp"], full["ref"], kind="k1") * mask
-    rewards = ops.token_rewards(torch.zeros(len(eps)), kl, mask, beta=beta)
+    rewards = ops.token_rewards(torch.zeros(len(eps), device=dev), kl, mask, beta=beta)
     for b, e in enumerate(eps):
         for pos, r in zip(e.turn_ends, e.rewards, strict=False):
             rewards[b, pos - 1] += r  # logits index pos-1 predicts token pos
@@ -844,7 +852,7 @@ def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=
     loss, clipped value loss, entropy bonus; gradient clipping. Returns mean statistics."""
     policy.train()
     stats: dict[str, list[float]] = {}
-    g = torch.Generator().manual_seed(int(sum(int(mb.ids.sum()) for mb in batch.minibatches)) % (2**31))
+    g = torch.Generator().manual_seed(int(sum(int(mb.ids.sum()) for mb in batch.minibatches)) % (2**31))  # CPU
     for _ in range(cfg.ppo_epochs):
         for k in torch.randperm(len(batch.minibatches), generator=g).tolist():
             mb = batch.minibatches[k]
