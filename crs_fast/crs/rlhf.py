@@ -555,7 +555,9 @@ class OnlineRM:
     read; sentiment from the liked/disliked reaction to a suggestion, else the reply's polarity;
     engagement), appended, and R_phi takes ``cfg.rm_online_steps`` AdamW steps on batches half
     online, half offline. Before each refit, the Spearman correlation of R_phi's sentiment head with
-    the new labels is its on-policy held-out quality."""
+    the new labels is its on-policy held-out quality. Under DDP each process refits its own copy
+    on its own rollouts (the policy's gradients are still averaged, so its ranks stay identical).
+    """
 
     def __init__(self, rm: RewardModel, cfg: Config, x_off: torch.Tensor, y_off: torch.Tensor) -> None:
         self.rm, self.cfg = rm, cfg
