@@ -188,6 +188,9 @@ class Policy(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.register_buffer("item_ids", item_ids.clone(), persistent=False)
+        mask = torch.zeros(lm.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+        mask[item_ids] = True
+        self.register_buffer("item_mask", mask, persistent=False)  # [V]: which tokens are items
         layers = self.backbone().layers
         if not 0 <= train_layers <= len(layers):
             raise ValueError(f"train_layers must be in [0, {len(layers)}], got {train_layers}")
@@ -223,19 +226,27 @@ class Policy(nn.Module):
         base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         return base.model
 
+    def _token_head(self) -> torch.Tensor:
+        """The token rows of the LM head [V, H]: the trainable untied copy when training the top
+        layers, else the model's own."""
+        return self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+
+    def _item_content(self) -> torch.Tensor:
+        """The learned attribute part of the item rows [I, H] (only with item features)."""
+        return self.item_attr(self.attr_values, self.attr_offsets, per_sample_weights=self.attr_weights)
+
     def head(self) -> torch.Tensor:
-        """The LM head's weight [V, H] (the trainable untied copy when training the top layers),
-        with the items' attribute part added to their rows when the policy has one."""
-        w = self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+        """The LM head's weight [V, H], with the items' attribute part added to their rows when the
+        policy has one."""
+        w = self._token_head()
         if self.item_attr is None:
             return w
-        return w.index_add(0, self.item_ids, self.item_content().to(w.dtype))
+        return w.index_add(0, self.item_ids, self._item_content().to(w.dtype))
 
-    def item_content(self) -> torch.Tensor:
-        """The learned attribute part of the item rows [I, H] (zeros without item features)."""
-        if self.item_attr is None:
-            return torch.zeros(len(self.item_ids), self.value_head.in_features, device=self.item_ids.device)
-        return self.item_attr(self.attr_values, self.attr_offsets, per_sample_weights=self.attr_weights)
+    def item_rows(self) -> torch.Tensor:
+        """The item rows of :meth:`head` [I, H], without building the whole head."""
+        rows = self._token_head()[self.item_ids]
+        return rows if self.item_attr is None else rows + self._item_content().to(rows.dtype)
 
     def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
         """The frozen trunk's output and the decoder-layer arguments (mask, rotary embeddings), or
@@ -324,8 +335,7 @@ class Policy(nn.Module):
         LM head. [B, k]."""
         h = self.hidden(input_ids, attention_mask)
         q = h[torch.arange(h.shape[0]), attention_mask.sum(1) - 1]
-        w = self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
-        items = w[self.item_ids] + self.item_content().to(w.dtype)
+        items = self.item_rows()
         _, idx = ops.topk_scores(q.float(), items.float(), k=min(k, items.shape[0]), exclude=exclude)
         return idx
 

@@ -177,7 +177,7 @@ def _load_rm(out: pathlib.Path, dim: int) -> R.RewardModel:
 
 
 def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict, online: R.OnlineRM | None = None) -> None:
-    from safetensors.torch import save_file, save_model
+    from safetensors.torch import save_model
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -185,9 +185,7 @@ def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict, online: R.OnlineRM 
     save_model(policy, str(tmp / "policy.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     if online is not None:  # R_phi as refit so far, its data and optimizer
-        save_model(online.rm, str(tmp / "reward_model.safetensors"))
-        save_file(online.state(), str(tmp / "rm_online.safetensors"))
-        torch.save(online.opt.state_dict(), tmp / "rm_optimizer.pt")
+        online.save(tmp)
     (tmp / "state.json").write_text(json.dumps(state))
     old = ckpt.with_name(ckpt.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -244,12 +242,7 @@ def run_ppo(
         state = json.loads((ckpt / "state.json").read_text())
         start, ctl.value = state["iteration"], state["beta"]
         if online is not None:
-            from safetensors.torch import load_file
-
-            load_policy(online.rm, ckpt / "reward_model.safetensors")
-            saved = load_file(str(ckpt / "rm_online.safetensors"))
-            online.x, online.y = saved["x"], saved["y"]
-            online.opt.load_state_dict(torch.load(ckpt / "rm_optimizer.pt", weights_only=True))
+            online.load(ckpt)
     model, opt = acc.prepare(policy, opt)
     tracker = Tracker(out) if acc.is_main_process else None
     val_seeds = [E.synthetic_seed(cfg, i, "val") for i in range(cfg.val_users)]
@@ -280,9 +273,7 @@ def run_ppo(
                 }
                 ctl.update(kl_seq, cfg.episodes)
                 if online is not None:
-                    labels = online.labels(eps, data.catalog)
-                    if len(labels) and len(labels) == len(scorer.last_features):
-                        row.update(online.update(scorer.last_features, labels))
+                    row.update(online.observe(eps, data.catalog))
                 if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.ppo_iters:
                     row["recall@10"] = E.ranking_metrics(E.ranks(base, tok, data.catalog, val, cfg)[0])["recall@10"]
                 if tracker:
@@ -424,6 +415,13 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_fig(plt, fig, path: pathlib.Path) -> pathlib.Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(out: pathlib.Path) -> list[pathlib.Path]:
     """PNG plots over PPO iterations of the R_phi reward (R_phi is refit each iteration, so its
     scale moves), the simulated users' satisfaction in the rollouts (the ground truth R_phi
@@ -452,22 +450,14 @@ def plots(out: pathlib.Path) -> list[pathlib.Path]:
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=3)
             ax.set_title(title)
             ax.set_xlabel("PPO iteration")
-        fig.tight_layout()
-        path = out / "plots" / "ppo.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_fig(plt, fig, out / "plots" / "ppo.png"))
     sft_rows = tracker.rows("sft")
     if sft_rows:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot([r["step"] for r in sft_rows], [r["sft_loss"] for r in sft_rows])
         ax.set_title("SFT loss")
         ax.set_xlabel("step")
-        fig.tight_layout()
-        path = out / "plots" / "sft.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_fig(plt, fig, out / "plots" / "sft.png"))
     return written
 
 

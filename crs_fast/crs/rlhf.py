@@ -73,7 +73,7 @@ class Config:
     real_data: str = "auto"  # auto | on | off: use ReDial (catalog, train/test) from the data dir
     catalog_items: int = 600  # generated catalog size when no real catalog is used
     user_pool: int = 400  # real catalog: synthetic users' anchors and targets among its most-mentioned items; 0 all
-    item_features: bool = True  # item rows of the LM head += a learned mean of their attribute embeddings
+    item_features: bool = True  # item rows of the LM head += learned embeddings of their genres, director, stars
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 500
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)
@@ -407,7 +407,11 @@ class RewardModel(nn.Module):
 
     def reward(self, c: torch.Tensor, r: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
         """The scalar reward: w . (dwell_z, tanh sentiment, 2 sigmoid(engage) - 1, satisfaction)."""
-        o = self.forward(c, r, match)
+        return self.reward_of(self.features(c, r, match))
+
+    def reward_of(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`reward` from precomputed :meth:`features` ``x``."""
+        o = self.net(x)
         parts = torch.stack([o[:, 0], torch.tanh(o[:, 1]), 2 * torch.sigmoid(o[:, 2]) - 1, o[:, 3]], dim=-1)
         return parts @ self.weights
 
@@ -530,10 +534,14 @@ class Scorer:
 
     def __init__(self, rm: RewardModel, encoder, catalog: Catalog) -> None:
         self.rm, self.encoder, self.catalog = rm, encoder, catalog
-        self.last_features = torch.zeros(0)
+
+    def __call__(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
+        """Rewards [n]."""
+        return self.score(contexts, responses)[0]
 
     @torch.no_grad()
-    def __call__(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
+    def score(self, contexts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards [n], R_phi's input features [n, F]: what :class:`OnlineRM` refits on)."""
         ctx = [M.render(x, self.catalog) for x in contexts]
         c = self.encoder.encode(ctx)
         r = self.encoder.encode([M.render(x, self.catalog, details=True) for x in responses])
@@ -541,8 +549,8 @@ class Scorer:
             [attribute_match(x, M.items_in(y), self.catalog) for x, y in zip(ctx, responses, strict=True)],
             dtype=torch.float32,
         ).reshape(len(ctx), N_MATCH)
-        self.last_features = self.rm.features(c, r, match)  # for the online refit (OnlineRM)
-        return self.rm.reward(c, r, match)
+        x = self.rm.features(c, r, match)
+        return self.rm.reward_of(x), x
 
 
 class OnlineRM:
@@ -603,9 +611,29 @@ class OnlineRM:
         self.rm.eval()
         return quality
 
-    def state(self) -> dict[str, Any]:
-        """Tensors to checkpoint (with the optimizer's state_dict)."""
-        return {"x": self.x, "y": self.y}
+    def observe(self, eps: Sequence[Episode], catalog: Catalog) -> dict[str, float]:
+        """:meth:`update` on the scored system turns of ``eps`` (features kept by :func:`rollout`)."""
+        feats = [e.features for e in eps if e.features is not None and len(e.features)]
+        if not feats:
+            return {}
+        return self.update(torch.cat(feats), self.labels(eps, catalog))
+
+    def save(self, directory: pathlib.Path) -> None:
+        """R_phi as refit so far, the online examples and the optimizer, into ``directory``."""
+        from safetensors.torch import save_file, save_model
+
+        save_model(self.rm, str(directory / "reward_model.safetensors"))
+        save_file({"x": self.x, "y": self.y}, str(directory / "rm_online.safetensors"))
+        torch.save(self.opt.state_dict(), directory / "rm_optimizer.pt")
+
+    def load(self, directory: pathlib.Path) -> None:
+        """Back to what :meth:`save` wrote in ``directory``."""
+        from safetensors.torch import load_file, load_model
+
+        load_model(self.rm, str(directory / "reward_model.safetensors"))
+        saved = load_file(str(directory / "rm_online.safetensors"))
+        self.x, self.y = saved["x"], saved["y"]
+        self.opt.load_state_dict(torch.load(directory / "rm_optimizer.pt", weights_only=True))
 
 
 # ------------------------------------------------------------------------------------------- rollouts
@@ -628,6 +656,7 @@ class Episode:
     recs: list[list[str]] = field(default_factory=list)
     feedback: list[Any] = field(default_factory=list)  # the simulator's Feedback per system turn
     replies: list[str] = field(default_factory=list)  # the user's answer to each system turn
+    features: torch.Tensor | None = None  # R_phi's input per system turn (for OnlineRM)
 
 
 def _user_piece(tok, text: str, first: bool) -> list[int]:
@@ -673,16 +702,12 @@ def rollout(
             ids[j, L - len(c) :] = torch.tensor(c)
             attn[j, L - len(c) :] = 1
         ids, attn = ids.to(dev), attn.to(dev)
-        ban = torch.zeros(len(live), policy.lm.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+        ban = torch.zeros(len(live), len(policy.item_mask), dtype=torch.bool, device=dev)
         if cfg.no_repeat_items:
-            is_item = torch.zeros_like(ban[0])
-            is_item[policy.item_ids] = True
             for j, i in enumerate(live):
-                seen = torch.tensor(eps[i].ids, dtype=torch.int64)
-                ban[j, seen[is_item[seen]]] = True
-        out = _generate(
-            policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen, ban.to(dev)
-        ).cpu()
+                seen = torch.tensor(eps[i].ids, dtype=torch.int64, device=dev)
+                ban[j, seen[policy.item_mask[seen]]] = True
+        out = _generate(policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen, ban).cpu()
         for j, i in enumerate(live):
             resp = out[j].tolist()
             if eos in resp:
@@ -707,12 +732,13 @@ def rollout(
                 e.ids += piece
                 e.gen += [0] * len(piece)
     if scorer is not None:
-        scorer.last_features = torch.zeros(0)
         flat = [(e, k) for e in eps for k in range(len(e.responses))]
         if flat:
-            r = scorer([e.contexts[k] for e, k in flat], [e.responses[k] for e, k in flat])
+            r, x = scorer.score([e.contexts[k] for e, k in flat], [e.responses[k] for e, k in flat])
             for (e, _), v in zip(flat, r.tolist(), strict=True):
                 e.rewards.append(v)
+            for e, part in zip(eps, x.split([len(e.responses) for e in eps]), strict=True):
+                e.features = part
     return eps
 
 
@@ -755,8 +781,6 @@ def _generate(
     backbone, head = policy.backbone(), policy.head()
     dev = ids.device
     ban = torch.zeros(ids.shape[0], head.shape[0], dtype=torch.bool, device=dev) if ban is None else ban.clone()
-    is_item = torch.zeros(head.shape[0], dtype=torch.bool, device=dev)
-    is_item[policy.item_ids] = True
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     past, logits = _step(backbone, head, input_ids=ids, attention_mask=attn, position_ids=pos)
@@ -776,7 +800,7 @@ def _generate(
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         toks.append(nxt)
         done |= nxt == eos
-        ban[torch.arange(len(nxt)), nxt] |= is_item[nxt]
+        ban[torch.arange(len(nxt), device=dev), nxt] |= policy.item_mask[nxt]
         if bool(done.all()):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
