@@ -557,8 +557,9 @@ class OnlineRM:
     """Online refits of R_phi during PPO on the implicit feedback of the policy's own dialogues.
 
     An R_phi fit once on logged dialogues is wrong exactly where PPO goes: responses unlike any
-    logged one (measured: with the offline R_phi alone, PPO drifted to near-empty turns that R_phi
-    scored above every recommendation while the simulated users rated them 0.2). So after each PPO
+    logged one (measured: with the offline R_phi alone, PPO drifted to near-empty turns; an offline
+    R_phi scored an empty turn 1.26 against 0.56 for the average of 30 recommendations in one
+    context, while simulated users rate a turn without a suggestion 0.2). So after each PPO
     iteration the rollouts' feedback is labelled as the logged data is (dwell per 100 characters
     read; sentiment from the liked/disliked reaction to a suggestion, else the reply's polarity;
     engagement), appended, and R_phi takes ``cfg.rm_online_steps`` AdamW steps on batches half
