@@ -298,9 +298,13 @@ class Policy(nn.Module):
         attention_mask: torch.Tensor,
         select: torch.Tensor | None = None,
         state: Any = None,
+        items_at: torch.Tensor | None = None,
+        item_ban: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """:meth:`logprobs` (the module's forward, so DDP wrappers synchronise its gradients)."""
-        return self.logprobs(input_ids, attention_mask, select=select, state=state)
+        return self.logprobs(
+            input_ids, attention_mask, select=select, state=state, items_at=items_at, item_ban=item_ban
+        )
 
     def logprobs(
         self,
@@ -310,21 +314,33 @@ class Policy(nn.Module):
         select: torch.Tensor | None = None,
         state: Any = None,
         temperature: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        items_at: torch.Tensor | None = None,
+        item_ban: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """(log p(x_t | x_<t), entropy, value) for t = 1..T-1, each [B, T-1], through
         ``crs_fast.linear_logprobs`` (the LM head fused, no [B, T, V] logits). With ``select``
-        (bool [B, T-1]) only those positions go through the LM head; the others are 0."""
+        (bool [B, T-1]) only those positions go through the LM head; the others are 0.
+
+        With ``items_at`` (bool [B, T-1], n positions) a fourth output: the log-probabilities
+        over the catalog at those positions given that the next token is an item, [n, I] in
+        catalog order, float32, ``log softmax_i(h . w_i)`` with the items where ``item_ban``
+        [n, I] is True excluded (-inf)."""
         h = self.top(input_ids, attention_mask, state)[:, :-1]
         values = self.value_head(h).squeeze(-1)
         labels = input_ids[:, 1:]
         if select is None:
             lp, ent = ops.linear_logprobs(h, self.head(), labels, temperature=temperature, entropy=True)
+        else:
+            sel = select.bool()
+            lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
+            lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
+            ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
+        if items_at is None:
             return lp, ent, values
-        sel = select.bool()
-        lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
-        lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
-        ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
-        return lp, ent, values
+        logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature
+        if item_ban is not None:
+            logits = logits.masked_fill(item_ban, float("-inf"))
+        return lp, ent, values, torch.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
     def rank_items(

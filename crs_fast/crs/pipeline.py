@@ -218,7 +218,9 @@ def run_ppo(
     load_policy(policy, out / "sft" / "policy.safetensors")
     ref = R.frozen_copy(policy).to(acc.device)
     encoder = encoder or SentenceEncoder()
-    scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
+    scorer = R.Scorer(
+        _load_rm(out, encoder.dim), encoder, data.catalog, item_cache=out / "rm" / "item_encodings.safetensors"
+    )
     online = None
     if cfg.rm_online_steps > 0:
         from safetensors.torch import load_file
@@ -259,7 +261,15 @@ def run_ppo(
                     for j in range(cfg.episodes)
                 ]
                 eps = R.rollout(
-                    base, tok, data.catalog, seeds, cfg, scorer, gen_seed=cfg.seed * 104729 + it, pool=data.pool
+                    base,
+                    tok,
+                    data.catalog,
+                    seeds,
+                    cfg,
+                    scorer,
+                    gen_seed=cfg.seed * 104729 + it,
+                    pool=data.pool,
+                    item_values=cfg.item_pg > 0,
                 )
                 batch = R.make_batch(base, ref, eps, tok, ctl.value, cfg)
                 stats = R.ppo_update(model, opt, batch, cfg, acc)

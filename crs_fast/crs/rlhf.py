@@ -111,7 +111,9 @@ class Config:
     kl_horizon: int = 32
     max_grad_norm: float = 1.0
     temperature: float = 1.0
+    item_pg: float = 1.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
     no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
+    recommend_first: bool = True  # decoding: every system turn opens with an item (its first token is one)
     eval_users: int = 96
     eval_every: int = 5
     val_users: int = 32
@@ -386,6 +388,43 @@ def attribute_match(context: str, items: Sequence[str], catalog: Catalog) -> lis
     return [float(genre), float(people), float(bool(known))]
 
 
+class CatalogMatch:
+    """:func:`attribute_match` of one context with every catalog item at once (each item alone):
+    [I, 3] per context, in catalog order. The genre and people strings are searched in the
+    context once each, then gathered per item, instead of once per (item, value)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        ids = catalog.ids()
+        kinds = {"genre": ("genre",), "people": ("director", "star")}
+        self.values: dict[str, list[str]] = {}
+        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, keys in kinds.items():
+            vocab: dict[str, int] = {}
+            items, vals = [], []
+            for n, i in enumerate(ids):
+                for k in keys:
+                    for v in catalog[i].attributes.get(k, []):
+                        if name == "people" and len(v) <= 3:
+                            continue
+                        items.append(n)
+                        vals.append(vocab.setdefault(v.lower(), len(vocab)))
+            self.values[name] = list(vocab)
+            self.pairs[name] = (torch.tensor(items, dtype=torch.int64), torch.tensor(vals, dtype=torch.int64))
+        self.n = len(ids)
+
+    def __call__(self, context: str) -> torch.Tensor:
+        """[I, 3]: (the context names one of the item's genres, one of its director or stars, 1)."""
+        ctx = context.lower()
+        out = torch.zeros(self.n, N_MATCH)
+        out[:, 2] = 1.0
+        for col, name in enumerate(("genre", "people")):
+            present = torch.tensor([v in ctx for v in self.values[name]], dtype=torch.float32)
+            items, vals = self.pairs[name]
+            if len(items):
+                out[:, col] = torch.zeros(self.n).index_add_(0, items, present[vals]).clamp(max=1.0)
+        return out
+
+
 class RewardModel(nn.Module):
     """R_phi: heads over frozen sentence embeddings of (context, response) and
     :func:`attribute_match` features."""
@@ -530,10 +569,54 @@ def train_reward_model(encoder, train: Sequence, valid: Sequence, cfg: Config) -
 
 
 class Scorer:
-    """R_phi on text: reward of a rendered (context, response)."""
+    """R_phi on text: reward of a rendered (context, response); and of recommending each catalog
+    item in a context (:meth:`item_rewards`).
 
-    def __init__(self, rm: RewardModel, encoder, catalog: Catalog) -> None:
+    ``item_cache`` (a safetensors path) keeps the items' sentence embeddings between runs: they
+    are computed on the first :meth:`item_rewards` call otherwise (every catalog item rendered
+    with its details, as R_phi sees a recommendation)."""
+
+    def __init__(self, rm: RewardModel, encoder, catalog: Catalog, item_cache: pathlib.Path | None = None) -> None:
         self.rm, self.encoder, self.catalog = rm, encoder, catalog
+        self.item_cache = item_cache
+        self._items: torch.Tensor | None = None
+        self._match: CatalogMatch | None = None
+
+    def item_encodings(self) -> torch.Tensor:
+        """[I, D] sentence embeddings of every catalog item as a response (title and details)."""
+        if self._items is None:
+            from safetensors.torch import load_file, save_file
+
+            ids = self.catalog.ids()
+            if self.item_cache is not None and self.item_cache.exists():
+                saved = load_file(str(self.item_cache))["items"]
+                if saved.shape[0] == len(ids):
+                    self._items = saved
+            if self._items is None:
+                texts = [M.render(M.item_token(i), self.catalog, details=True) for i in ids]
+                self._items = self.encoder.encode(texts).float()
+                if self.item_cache is not None:
+                    self.item_cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.item_cache.with_name(self.item_cache.name + ".tmp")
+                    save_file({"items": self._items.contiguous()}, str(tmp))
+                    tmp.replace(self.item_cache)
+        return self._items
+
+    @torch.no_grad()
+    def item_rewards(self, contexts: list[str]) -> torch.Tensor:
+        """[n, I]: R_phi's reward for a system turn that recommends catalog item i (alone, shown
+        with its details) after each context, for every item: the action values of the item
+        choice that :func:`ppo_update`'s expected surrogate uses."""
+        items = self.item_encodings()
+        if self._match is None:
+            self._match = CatalogMatch(self.catalog)
+        ctx = [M.render(x, self.catalog) for x in contexts]
+        c = self.encoder.encode(ctx).float()
+        out = torch.empty(len(ctx), items.shape[0])
+        for j, text in enumerate(ctx):
+            x = self.rm.features(c[j].expand(items.shape[0], -1), items, self._match(text))
+            out[j] = self.rm.reward_of(x)
+        return out
 
     def __call__(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
         """Rewards [n]."""
@@ -658,6 +741,8 @@ class Episode:
     feedback: list[Any] = field(default_factory=list)  # the simulator's Feedback per system turn
     replies: list[str] = field(default_factory=list)  # the user's answer to each system turn
     features: torch.Tensor | None = None  # R_phi's input per system turn (for OnlineRM)
+    turn_starts: list[int] = field(default_factory=list)  # index in ids of each system turn's first token
+    item_q: torch.Tensor | None = None  # [turns, I]: R_phi's reward for recommending each item there
 
 
 def _user_piece(tok, text: str, first: bool) -> list[int]:
@@ -677,10 +762,12 @@ def rollout(
     sample: bool = True,
     gen_seed: int = 0,
     pool: Sequence[str] | None = None,
+    item_values: bool = False,
 ) -> list[Episode]:
     """Multi-turn dialogues with synthetic users (drawn from ``pool``, see :class:`UserSimulator`):
     the policy writes each system turn (sampling, or greedy when ``sample`` is False), the
-    simulator answers, R_phi scores each system turn."""
+    simulator answers, R_phi scores each system turn; with ``item_values`` R_phi also scores
+    recommending each catalog item at each system turn (``Episode.item_q``)."""
     policy.eval()
     users = [UserSimulator(catalog, budget=cfg.turns, pool=pool) for _ in seeds]
     eps = []
@@ -708,7 +795,16 @@ def rollout(
             for j, i in enumerate(live):
                 seen = torch.tensor(eps[i].ids, dtype=torch.int64, device=dev)
                 ban[j, seen[policy.item_mask[seen]]] = True
-        out = _generate(policy, ids, attn, cfg.new_tokens, eos, cfg.temperature if sample else 0.0, gen, ban).cpu()
+        if cfg.recommend_first:
+            first = ban | ~policy.item_mask  # the first token: an item not yet in the dialogue
+            if bool(first.all(-1).any()):
+                raise ValueError(
+                    "recommend_first: every catalog item is already in some dialogue; nothing to open with"
+                )
+        else:
+            first = None
+        temp = cfg.temperature if sample else 0.0
+        out = _generate(policy, ids, attn, cfg.new_tokens, eos, temp, gen, ban, first_ban=first).cpu()
         for j, i in enumerate(live):
             resp = out[j].tolist()
             if eos in resp:
@@ -719,6 +815,7 @@ def rollout(
             items = [x for x in M.items_in(text) if x in catalog]
             e = eps[i]
             e.contexts.append(tok.decode(e.ids, skip_special_tokens=False))
+            e.turn_starts.append(len(e.ids))
             e.responses.append(text)
             e.recs.append(items)
             e.ids += resp
@@ -740,6 +837,10 @@ def rollout(
                 e.rewards.append(v)
             for e, part in zip(eps, x.split([len(e.responses) for e in eps]), strict=True):
                 e.features = part
+            if item_values:
+                q = scorer.item_rewards([e.contexts[k] for e, k in flat])
+                for e, part in zip(eps, q.split([len(e.responses) for e in eps]), strict=True):
+                    e.item_q = part
     return eps
 
 
@@ -772,11 +873,13 @@ def _generate(
     temperature: float,
     gen: torch.Generator,
     ban: torch.Tensor | None = None,
+    first_ban: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample ``n`` tokens per row (KV cache through the decoder's forward, the policy's head);
     greedy when temperature is 0. At least one token before EOS (a turn says something); tokens
-    where ``ban`` [B, V] is True are never chosen, and item tokens chosen are banned for the rest
-    of the turn."""
+    where ``ban`` [B, V] is True are never chosen (``first_ban`` [B, V], when given, replaces it
+    for the first token: e.g. everything but the items), and item tokens chosen are banned for
+    the rest of the turn."""
     import inspect
 
     backbone, head = policy.backbone(), policy.head()
@@ -788,7 +891,7 @@ def _generate(
     toks = []
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
     for step in range(n):
-        logits = logits.masked_fill(ban, float("-inf"))
+        logits = logits.masked_fill(first_ban if step == 0 and first_ban is not None else ban, float("-inf"))
         if step == 0:
             logits[:, eos] = float("-inf")
         if temperature > 0:
@@ -828,6 +931,11 @@ class Minibatch:
     old_v: torch.Tensor
     adv: torch.Tensor
     ret: torch.Tensor
+    items_at: torch.Tensor | None = None  # [b, L-1] bool: the item-choice states (each system turn's first token)
+    item_ban: torch.Tensor | None = None  # [n, I] bool: items already in the dialogue there (not choosable)
+    item_old: torch.Tensor | None = None  # [n, I]: old log-probs over the catalog given an item
+    item_adv: torch.Tensor | None = None  # [n, I]: advantage of each item (0 where banned)
+    item_choice: torch.Tensor | None = None  # [n]: the item chosen there (catalog index), with recommend_first
 
 
 @dataclass
@@ -842,24 +950,74 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
     """Old log-probs and values, reference log-probs, per-token rewards (R_phi's turn reward at each
     system turn's last token, -beta * KL on every system token) and GAE with user tokens masked
     (whitened over the whole batch). Dialogues are grouped by length into fixed mini-batches of
-    ``cfg.minibatch`` (less padding), each running the frozen trunk once for everything after."""
+    ``cfg.minibatch`` (less padding), each running the frozen trunk once for everything after.
+
+    With ``cfg.item_pg > 0`` and R_phi's item values in the episodes (``rollout(item_values=True)``),
+    each mini-batch also gets, at every item-choice state s (the position before a system turn's
+    first token), the advantage of every catalog item a, from
+    ``Q(s, a) = R_phi(s, a) - beta (log pi_old(a | s, item) - log pi_ref(a | s, item))``:
+    ``A(s, a) = Q(s, a) - sum_a' pi_old(a' | s, item) Q(s, a')``, scaled by one batch-wide factor
+    so that ``E_s E_{a ~ pi_old} A^2 = 1`` (the counterpart of whitening). Its fixed point is the
+    KL-regularised optimum ``pi(a | s, item) ~ pi_ref(a | s, item) exp(R_phi(s, a) / beta)``.
+
+    With ``cfg.recommend_first`` (decoding makes every turn open with an item), the log-probs of
+    those first tokens, old, reference and in the PPO epochs, are the ones given an item: the
+    probabilities the rollouts actually sampled from (and the KL between them)."""
     order = sorted(range(len(eps)), key=lambda b: (len(eps[b].ids), b))
     groups = [order[i : i + cfg.minibatch] for i in range(0, len(order), cfg.minibatch)]
     L = max(len(e.ids) for e in eps) - 1
     dev = policy.device
     full = {k: torch.zeros(len(eps), L, device=dev) for k in ("mask", "lp", "ref", "v")}
+    use_q = cfg.item_pg > 0 and all(e.item_q is not None for e in eps)
+    use_items = use_q or cfg.recommend_first
+    n_items = len(policy.item_ids)
+    item_of = torch.full((len(policy.item_mask),), -1, dtype=torch.int64)
+    item_of[policy.item_ids.cpu()] = torch.arange(n_items)
     parts = []
     for g in groups:
         ids, attn = pad_right([eps[b].ids for b in g], tok.pad_token_id, dev)
         gen, _ = pad_right([eps[b].gen for b in g], 0, dev)
         mask = gen[:, 1:].float()
         state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
-        lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
-        ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
+        items = None
+        if use_items:
+            at = torch.zeros(mask.shape, dtype=torch.bool)
+            ban = torch.zeros(sum(len(eps[b].turn_starts) for b in g), n_items, dtype=torch.bool)
+            row = 0
+            for r, b in enumerate(g):
+                for start in eps[b].turn_starts:  # increasing: the row-major order of `at`
+                    at[r, start - 1] = True
+                    if cfg.no_repeat_items:
+                        seen = item_of[torch.tensor(eps[b].ids[:start], dtype=torch.int64)]
+                        ban[row, seen[seen >= 0]] = True
+                    row += 1
+            at, ban = at.to(dev), ban.to(dev)
+            lp, _, v, ilp = policy.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
+            ref_lp, _, _, ref_ilp = ref.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
+            adv = choice = None
+            if use_q:
+                q = torch.cat([eps[b].item_q for b in g]).to(dev) - beta * (ilp - ref_ilp).masked_fill(ban, 0.0)
+                p_old = ilp.exp()
+                q = q.masked_fill(ban, 0.0)
+                adv = (q - (p_old * q).sum(-1, keepdim=True)).masked_fill(ban, 0.0)
+            if cfg.recommend_first:
+                choice = item_of.to(dev)[ids[:, 1:][at]]
+                if bool((choice < 0).any()):
+                    raise ValueError("recommend_first: a system turn opens with a token that is not an item")
+                lp = given_item(lp, ilp, at, choice)
+                ref_lp = given_item(ref_lp, ref_ilp, at, choice)
+            items = (at, ban, ilp, adv, choice)
+        else:
+            lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
+            ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
         n = mask.shape[1]
         for k, x in (("mask", mask), ("lp", lp), ("ref", ref_lp), ("v", v)):
             full[k][g, :n] = x.float()
-        parts.append((g, ids, attn, state, n))
+        parts.append((g, ids, attn, state, n, items))
+    if use_q:
+        second = torch.cat([(it[2].exp() * it[3] ** 2).sum(-1) for *_, it in parts])
+        scale = second.mean().clamp(min=1e-12).rsqrt()
+        parts = [(*p[:5], (*p[5][:3], p[5][3] * scale, p[5][4])) for p in parts]
     mask = full["mask"]
     kl = ops.kl_penalty(full["lp"], full["ref"], kind="k1") * mask
     rewards = ops.token_rewards(torch.zeros(len(eps), device=dev), kl, mask, beta=beta)
@@ -868,15 +1026,24 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
             rewards[b, pos - 1] += r  # logits index pos-1 predicts token pos
     adv, ret = ops.gae(rewards, full["v"] * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
     mbs = [
-        Minibatch(ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n])
-        for g, ids, attn, state, n in parts
+        Minibatch(
+            ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n], *(items or ())
+        )
+        for g, ids, attn, state, n, items in parts
     ]
     return PPOBatch(mbs, mask, kl)
 
 
 def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=None) -> dict[str, float]:
     """PPO epochs over the batch's mini-batches (their order shuffled per epoch): clipped policy
-    loss, clipped value loss, entropy bonus; gradient clipping. Returns mean statistics."""
+    loss, clipped value loss, entropy bonus; gradient clipping. Returns mean statistics.
+
+    Where the mini-batches carry item advantages (:func:`make_batch`), the item choice also gets
+    PPO's clipped surrogate in expectation over the whole catalog instead of at the one sampled
+    item: ``L_item = -E_s sum_a pi_old(a|s) min(rho_a A(s, a), clip(rho_a, 1 - eps, 1 + eps)
+    A(s, a))`` with ``rho_a = pi(a|s) / pi_old(a|s)`` (given an item), added with weight
+    ``cfg.item_pg``. The catalog is enumerable and R_phi scores every item in one pass, so this
+    is exact where the sampled estimate sees one of thousands of actions per state."""
     policy.train()
     stats: dict[str, list[float]] = {}
     g = torch.Generator().manual_seed(int(sum(int(mb.ids.sum()) for mb in batch.minibatches)) % (2**31))  # CPU
@@ -886,11 +1053,18 @@ def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=
             m = mb.mask
             if m.sum() == 0:
                 continue
-            lp, ent, v = policy(mb.ids, mb.attn, m > 0, mb.state)
+            out = policy(mb.ids, mb.attn, m > 0, mb.state, mb.items_at, mb.item_ban)
+            lp, ent, v = out[:3]
+            if mb.item_choice is not None:
+                lp = given_item(lp, out[3], mb.items_at, mb.item_choice)
             pl, ps = ops.ppo_policy_loss(lp, mb.old_lp, mb.adv, m, clip_low=cfg.clip, clip_high=cfg.clip)
             vl, vs = ops.ppo_value_loss(v, mb.old_v, mb.ret, m, clip=cfg.value_clip)
             entropy = (ent * m).sum() / m.sum()
             loss = pl + cfg.vf_coef * vl - cfg.ent_coef * entropy
+            if mb.item_adv is not None and len(mb.item_adv):
+                il = expected_item_loss(out[3], mb.item_old, mb.item_adv, mb.item_ban, cfg.clip)
+                loss = loss + cfg.item_pg * il
+                stats.setdefault("item_loss", []).append(float(il.detach()))
             opt.zero_grad(set_to_none=True)
             if accelerator is not None:
                 accelerator.backward(loss)
@@ -909,6 +1083,24 @@ def ppo_update(policy: M.Policy, opt, batch: PPOBatch, cfg: Config, accelerator=
                 stats.setdefault(key, []).append(float(val.detach() if torch.is_tensor(val) else val))
     policy.eval()
     return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def given_item(lp: torch.Tensor, item_lp: torch.Tensor, at: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """``lp`` [B, T-1] with the positions ``at`` (n of them) replaced by the log-probability of the
+    item chosen there given that an item is chosen (``item_lp`` [n, I], ``choice`` [n])."""
+    return lp.masked_scatter(at, item_lp.gather(1, choice[:, None]).squeeze(1).to(lp.dtype))
+
+
+def expected_item_loss(
+    logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, ban: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """``-mean_s sum_a pi_old(a|s) min(rho A, clip(rho, 1 - clip, 1 + clip) A)`` over [n, I]
+    log-probs (banned items: -inf in both, contribute nothing)."""
+    diff = torch.where(ban, torch.zeros_like(logp), logp - torch.where(ban, torch.zeros_like(old), old))
+    ratio = diff.exp()
+    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    p_old = torch.where(ban, torch.zeros_like(old), old.exp())
+    return -(p_old * surr).sum(-1).mean()
 
 
 def frozen_copy(policy: M.Policy) -> M.Policy:
