@@ -3,6 +3,7 @@
 
 import os
 import random
+import zlib
 
 import pytest
 import torch
@@ -38,9 +39,8 @@ def test_item_rewards_equal_scoring_each_item_alone(tmp_path):
         dim = 8
 
         def encode(self, texts):
-            return torch.stack(
-                [torch.randn(8, generator=torch.Generator().manual_seed(hash(t) % 2**31)) for t in texts]
-            )
+            seeds = [zlib.crc32(t.encode()) for t in texts]
+            return torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
     torch.manual_seed(0)
     rm = R.RewardModel(dim=8).eval()
