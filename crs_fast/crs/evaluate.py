@@ -9,6 +9,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,16 +51,49 @@ def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bo
     ]
 
 
+class TrunkCache:
+    """The frozen trunk's activations per batch of prompts, shared by policies whose frozen part is
+    identical (base, SFT and PPO when only the top layers train): the trunk runs once per prompt
+    for all of them. A policy whose frozen parameters differ from the first one's gets None from
+    :meth:`for_policy` (no sharing)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, ...], Any] = {}
+        self.frozen: list[torch.Tensor] | None = None
+
+    def for_policy(self, policy: M.Policy) -> TrunkCache | None:
+        """This cache if ``policy``'s frozen parameters equal those it was filled with, else None."""
+        if not policy.train_layers:
+            return None
+        frozen = [p for p in policy.parameters() if not p.requires_grad]
+        if self.frozen is None:
+            self.frozen = [p.detach().clone() for p in frozen]
+            return self
+        same = len(frozen) == len(self.frozen) and all(
+            a.shape == b.shape and torch.equal(a.to(b.device), b) for a, b in zip(frozen, self.frozen, strict=True)
+        )
+        return self if same else None
+
+
 @torch.no_grad()
-def top_lists(policy: M.Policy, tok, prompts: Sequence[str], k: int, cfg: Config) -> dict[str, list[int]]:
-    """The policy's top-``k`` catalog indices for each distinct prompt (one forward per prompt)."""
+def top_lists(
+    policy: M.Policy, tok, prompts: Sequence[str], k: int, cfg: Config, trunk: TrunkCache | None = None
+) -> dict[str, list[int]]:
+    """The policy's top-``k`` catalog indices for each distinct prompt (one forward per prompt;
+    the frozen trunk's part from ``trunk`` when it has it)."""
     todo = list(dict.fromkeys(prompts))
     out: dict[str, list[int]] = {}
     for i in range(0, len(todo), 32):
         chunk = todo[i : i + 32]
         seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in chunk]
         ids, attn = pad_right(seqs, tok.pad_token_id, policy.device)
-        out.update(zip(chunk, policy.rank_items(ids, attn, k).tolist(), strict=True))
+        state = None
+        if trunk is not None:
+            key = tuple(chunk)
+            if key not in trunk.states:
+                trunk.states[key] = policy.trunk(ids, attn)
+            state = trunk.states[key]
+        out.update(zip(chunk, policy.rank_items(ids, attn, k, state=state).tolist(), strict=True))
     return out
 
 

@@ -288,9 +288,9 @@ class Policy(nn.Module):
             h = out[0] if isinstance(out, tuple) else out
         return self.backbone().norm(h)
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final hidden states [B, T, H]."""
-        return self.top(input_ids, attention_mask)
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
+        """Final hidden states [B, T, H] (from the trunk's ``state`` when given)."""
+        return self.top(input_ids, attention_mask, state)
 
     def forward(
         self,
@@ -344,12 +344,17 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def rank_items(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        k: int,
+        exclude: torch.Tensor | None = None,
+        state: Any = None,
     ) -> torch.Tensor:
         """Item indices (into the catalog order) ranked by the next-token score after each row's
         last real token (rows right-padded): ``crs_fast.topk_scores`` over the item rows of the
         LM head. [B, k]."""
-        h = self.hidden(input_ids, attention_mask)
+        h = self.hidden(input_ids, attention_mask, state)
         q = h[torch.arange(h.shape[0]), attention_mask.sum(1) - 1]
         items = self.item_rows()
         _, idx = ops.topk_scores(q.float(), items.float(), k=min(k, items.shape[0]), exclude=exclude)

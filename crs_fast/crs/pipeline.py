@@ -331,6 +331,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     samples = E.synthetic_samples(data.catalog, seeds, data.pool)
     result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
     per: dict[str, dict] = {}
+    trunk = E.TrunkCache()
     stages = [("base", None), ("sft", out / "sft" / "policy.safetensors"), ("ppo", out / "ppo" / "policy.safetensors")]
     with _progress(len(stages), "Evaluation") as advance:
         for name, path in stages:
@@ -347,7 +348,8 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
             if redial is not None:
                 std_s, ded_s, k, prompts = redial
-                lists = E.top_lists(policy, tok, prompts, k, cfg)  # one forward per context, shared below
+                # one forward per context, shared below; the frozen trunk's part shared by the policies
+                lists = E.top_lists(policy, tok, prompts, k, cfg, trunk.for_policy(policy))
                 std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
                 _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
                 res["redial"] = {

@@ -84,7 +84,7 @@ class Config:
     sft_batch: int = 8
     sft_lr: float = 5e-4
     item_lr: float = 1e-3  # the item attribute embeddings (new parameters, starting at zero)
-    ppo_item_lr: float = 1e-4
+    ppo_item_lr: float = 3e-4
     rm_epochs: int = 30
     rm_lr: float = 1e-3
     rm_batch: int = 128
@@ -97,7 +97,7 @@ class Config:
     episodes: int = 16
     turns: int = 3
     new_tokens: int = 8
-    ppo_epochs: int = 2
+    ppo_epochs: int = 4
     minibatch: int = 8
     ppo_lr: float = 1e-4
     clip: float = 0.2
@@ -107,14 +107,14 @@ class Config:
     gamma: float = 1.0
     lam: float = 0.95
     kl_beta: float = 0.05
-    kl_target: float | None = 1.0
+    kl_target: float | None = 6.0
     kl_horizon: int = 32
     max_grad_norm: float = 1.0
     temperature: float = 1.0
-    item_pg: float = 1.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
+    item_pg: float = 3.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
     no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
     recommend_first: bool = True  # decoding: every system turn opens with an item (its first token is one)
-    eval_users: int = 96
+    eval_users: int = 192
     eval_every: int = 5
     val_users: int = 32
     save_every: int = 5

@@ -1,6 +1,7 @@
 """PPO's expected clipped surrogate over the catalog at item choices: R_phi's value of every item
 (vectorised attribute match, item rewards), the loss and its fixed point, and the batch fields."""
 
+import copy
 import os
 import random
 import zlib
@@ -161,3 +162,30 @@ def test_make_batch_gives_item_advantages_at_each_turn_start():
     assert not torch.allclose(plain.kl, batch.kl)  # unconditional log-probs at the first tokens
     stats = R.ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=1e-3), batch, cfg)
     assert "item_loss" in stats and torch.isfinite(torch.tensor(stats["item_loss"]))
+
+
+def test_trunk_cache_shares_the_frozen_part_only_between_identical_trunks():
+    from crs_fast.crs import evaluate as E
+
+    catalog = generate_catalog(12, seed=3)
+    words = [it.title for it in catalog.items.values()] + ["User System : hi I like movies"]
+    lm, tok = M.load_lm("tiny", words)
+    ids = M.add_item_tokens(lm, tok, catalog)
+    a = M.Policy(lm, ids, train_layers=1).eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():  # b: a trained top layer and head, the same frozen trunk
+        for p in b.backbone().layers[-1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        b.out_head.add_(0.05 * torch.randn_like(b.out_head))
+    prompts = ["User : hi\nSystem :", "User : I like movies\nSystem :", "User : hi hi hi\nSystem :"]
+    cfg = R.Config.quick()
+    cache = E.TrunkCache()
+    for policy in (a, b):
+        shared = E.top_lists(policy, tok, prompts, 5, cfg, cache.for_policy(policy))
+        assert shared == E.top_lists(policy, tok, prompts, 5, cfg)
+    assert len(cache.states) == 1 and cache.for_policy(b) is cache
+    assert E.top_lists(a, tok, prompts, 5, cfg) != E.top_lists(b, tok, prompts, 5, cfg)  # the tops differ
+    c = copy.deepcopy(a)
+    with torch.no_grad():
+        c.backbone().layers[0].mlp.up_proj.weight.add_(0.1)  # a different trunk: no sharing
+    assert cache.for_policy(c) is None
