@@ -1,7 +1,8 @@
 """The RLHF pipeline's stages as commands: ``crs-fast sft | train-rm | ppo | eval | demo``.
 
 Everything a stage writes goes under ``--out DIR``: ``sft/policy.safetensors``,
-``rm/reward_model.safetensors`` and ``rm/quality.json``, ``ppo/checkpoint/`` (written atomically
+``rm/reward_model.safetensors`` and ``rm/quality.json`` (and ``rm/item_encodings.safetensors``, the
+catalog's sentence embeddings, cached by ``ppo``), ``ppo/checkpoint/`` (written atomically
 every ``save_every`` iterations and on Ctrl-C; ``--resume`` continues from it), ``metrics.jsonl``
 (one JSON object per step or iteration, with its stage), ``eval.json`` and ``report.md`` (the
 comparison table), and ``plots/*.png``. TensorBoard event files too when ``tensorboard`` is
@@ -378,10 +379,16 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     return result
 
 
+def _dedup(res: dict) -> str:
+    d = res["dedup"]
+    return " / ".join(f"{d[f'recall@{k}']:.3f}" for k in E.KS)
+
+
 def report(result: dict) -> str:
     """The comparison table (Markdown)."""
     lines = [
-        "| policy | data | R@1 | R@10 | R@50 | NDCG@10 | MRR@10 | R@10 dedup | satisfaction | coherence | distinct-2 |",
+        "| policy | data | R@1 | R@10 | R@50 | NDCG@10 | MRR@10 | dedup R@1 / R@10 / R@50 | satisfaction | coherence "
+        "| distinct-2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ("base", "sft", "ppo"):
@@ -392,7 +399,7 @@ def report(result: dict) -> str:
         st = s["standard"]
         lines.append(
             f"| {name} | synthetic | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
-            f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {s['dedup']['recall@10']:.3f} | {s['satisfaction']:.3f} | "
+            f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(s)} | {s['satisfaction']:.3f} | "
             f"{s['coherence']:.3f} | {s['distinct2']:.3f} |"
         )
         if "redial" in res:
@@ -400,11 +407,13 @@ def report(result: dict) -> str:
             st = r["standard"]
             lines.append(
                 f"| {name} | ReDial test | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
-                f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {r['dedup']['recall@10']:.3f} | "
+                f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(r)} | "
                 f"success {r['success_rate']:.3f} | - | - |"
             )
     for name, (r1, r10, r50) in PUBLISHED.items():
-        lines.append(f"| {name} (published) | ReDial | {r1:.3f} | {r10:.3f} | {r50:.3f} | - | - | - | - | - | - |")
+        dedup = f"{r1:.3f} / {r10:.3f} / {r50:.3f}" if "dedup" in name else "-"
+        std = ("-", "-", "-") if "dedup" in name else (f"{r1:.3f}", f"{r10:.3f}", f"{r50:.3f}")
+        lines.append(f"| {name} (published) | ReDial | {' | '.join(std)} | - | - | {dedup} | - | - | - |")
     if "ppo_vs_sft" in result:
         lines.append("")
         for k, v in result["ppo_vs_sft"].items():
