@@ -328,7 +328,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             if t.role == "system" and t.items and i > 0
         ]
         redial = (std_s, ded_s, k, prompts)
-    seeds = [E.synthetic_seed(cfg, i, "eval") for i in range(cfg.eval_users)]
+    seeds = [E.synthetic_seed(cfg, cfg.eval_offset + i, "eval") for i in range(cfg.eval_users)]
     samples = E.synthetic_samples(data.catalog, seeds, data.pool)
     result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
     per: dict[str, dict] = {}

@@ -125,6 +125,7 @@ class Config:
     no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
     recommend_first: bool = True  # decoding: every system turn opens with an item (its first token is one)
     eval_users: int = 192
+    eval_offset: int = 0  # first held-out user's index (a fresh set of users: eval_offset >= eval_users used before)
     eval_every: int = 5
     val_users: int = 32
     save_every: int = 5

@@ -75,7 +75,7 @@ def test_interrupted_and_resumed_ppo_ends_like_an_uninterrupted_run(trained, tmp
     ra, rb = P.Tracker(a).rows("ppo"), P.Tracker(b).rows("ppo")
     assert [r["step"] for r in rb] == [0, 1, 2, 3]  # the interrupted run logged 0, the resumed one 1..3
     for x, y in zip(ra, rb, strict=True):
-        for key in ("reward", "kl", "value_loss", "policy_loss"):
+        for key in ("reward", "kl", "value_loss", "policy_loss", "item_loss"):
             assert math.isclose(x[key], y[key], rel_tol=1e-4, abs_tol=1e-6), (key, x[key], y[key])
 
 
