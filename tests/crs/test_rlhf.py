@@ -296,3 +296,18 @@ def test_online_rm_labels_like_the_logs_and_refits_towards_them():
     assert "rm_onpolicy_sentiment_spearman" in quality and len(online.x) == 2
     with torch.no_grad():
         assert float(R.rm_loss(rm.net(feats), y)) < before
+
+
+def test_kl_optimum_moves_from_the_policy_towards_r_phi(trained, encoder):
+    from crs_fast.crs.analysis import kl_optimum
+
+    cfg, out, _ = trained
+    res = kl_optimum(cfg, out, betas=(0.1, 1.0, 1e9), users=16, encoder=encoder)
+    far = res["beta=1e+09"]  # beta -> infinity: the policy itself
+    for key in ("recall@10", "greedy_fit", "expected_fit"):
+        assert far[key] == pytest.approx(res["policy"][key], abs=1e-6)
+    assert far["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert res["beta=0.1"]["kl"] > res["beta=1"]["kl"] > 0  # a smaller beta moves further
+    assert all(0 <= r["recall@10"] <= 1 and 0 <= r["greedy_fit"] <= 1 for r in res.values())
+    with pytest.raises(ValueError, match="betas"):
+        kl_optimum(cfg, out, betas=(0.0,), users=2, encoder=encoder)
