@@ -75,8 +75,7 @@ def kl_optimum(
     fit = torch.stack(fits)
     seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in prompts]
     x, attn = R.pad_right(seqs, tok.pad_token_id, policy.device)
-    h = policy.hidden(x, attn)
-    q = h[torch.arange(len(seqs)), attn.sum(1) - 1].float()
+    q = policy.next_query(x, attn).float()
     base = torch.log_softmax(q @ policy.item_rows().float().T, -1).cpu()
     reward = scorer.item_rewards(prompts)
     result = {"policy": _summary(base, base, fit, targets), "rphi_alone": _summary(reward, base, fit, targets)}

@@ -65,9 +65,9 @@ class TrunkCache:
         """This cache if ``policy``'s frozen parameters equal those it was filled with, else None."""
         if not policy.train_layers:
             return None
-        frozen = [p for p in policy.parameters() if not p.requires_grad]
-        if self.frozen is None:
-            self.frozen = [p.detach().clone() for p in frozen]
+        frozen = [p.detach() for p in policy.parameters() if not p.requires_grad]
+        if self.frozen is None:  # references, not copies: evaluation never changes them
+            self.frozen = frozen
             return self
         same = len(frozen) == len(self.frozen) and all(
             a.shape == b.shape and torch.equal(a.to(b.device), b) for a, b in zip(frozen, self.frozen, strict=True)

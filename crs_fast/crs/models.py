@@ -188,9 +188,10 @@ class Policy(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.register_buffer("item_ids", item_ids.clone(), persistent=False)
-        mask = torch.zeros(lm.get_output_embeddings().weight.shape[0], dtype=torch.bool)
-        mask[item_ids] = True
-        self.register_buffer("item_mask", mask, persistent=False)  # [V]: which tokens are items
+        index = torch.full((lm.get_output_embeddings().weight.shape[0],), -1, dtype=torch.int64)
+        index[item_ids] = torch.arange(len(item_ids))
+        self.register_buffer("item_index", index, persistent=False)  # [V]: catalog index of each token, -1 if none
+        self.register_buffer("item_mask", index >= 0, persistent=False)  # [V]: which tokens are items
         layers = self.backbone().layers
         if not 0 <= train_layers <= len(layers):
             raise ValueError(f"train_layers must be in [0, {len(layers)}], got {train_layers}")
@@ -342,6 +343,12 @@ class Policy(nn.Module):
             logits = logits.masked_fill(item_ban, float("-inf"))
         return lp, ent, values, torch.log_softmax(logits, dim=-1)
 
+    def next_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
+        """The final hidden state after each row's last real token (rows right-padded) [B, H]: what
+        the LM head scores the next token from."""
+        h = self.hidden(input_ids, attention_mask, state)
+        return h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
+
     @torch.no_grad()
     def rank_items(
         self,
@@ -354,8 +361,7 @@ class Policy(nn.Module):
         """Item indices (into the catalog order) ranked by the next-token score after each row's
         last real token (rows right-padded): ``crs_fast.topk_scores`` over the item rows of the
         LM head. [B, k]."""
-        h = self.hidden(input_ids, attention_mask, state)
-        q = h[torch.arange(h.shape[0]), attention_mask.sum(1) - 1]
+        q = self.next_query(input_ids, attention_mask, state)
         items = self.item_rows()
         _, idx = ops.topk_scores(q.float(), items.float(), k=min(k, items.shape[0]), exclude=exclude)
         return idx

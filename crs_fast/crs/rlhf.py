@@ -451,6 +451,10 @@ class RewardModel(nn.Module):
     def features(c: torch.Tensor, r: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
         return torch.cat([c, r, c * r, (c - r).abs(), match], dim=-1)
 
+    def context_part(self, x: torch.Tensor) -> torch.Tensor:
+        """The context embeddings ``c`` inside :meth:`features` ``x`` [n, D]."""
+        return x[:, : (self.net[0].in_features - N_MATCH) // 4]
+
     def forward(self, c: torch.Tensor, r: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
         """Head outputs [n, 4]: dwell (z-scored), sentiment, engagement logit, satisfaction."""
         return self.net(self.features(c, r, match))
@@ -594,35 +598,40 @@ class Scorer:
         self._match: CatalogMatch | None = None
 
     def item_encodings(self) -> torch.Tensor:
-        """[I, D] sentence embeddings of every catalog item as a response (title and details)."""
+        """[I, D] sentence embeddings of every catalog item as a response (title and details); the
+        cache is used only when it was written for the same rendered items."""
         if self._items is None:
-            from safetensors.torch import load_file, save_file
+            import hashlib
 
-            ids = self.catalog.ids()
+            from safetensors import safe_open
+            from safetensors.torch import save_file
+
+            texts = [M.render(M.item_token(i), self.catalog, details=True) for i in self.catalog.ids()]
+            key = hashlib.sha256("\n".join(texts).encode()).hexdigest()
             if self.item_cache is not None and self.item_cache.exists():
-                saved = load_file(str(self.item_cache))["items"]
-                if saved.shape[0] == len(ids):
-                    self._items = saved
+                with safe_open(str(self.item_cache), framework="pt") as f:
+                    if (f.metadata() or {}).get("items") == key:
+                        self._items = f.get_tensor("items")
             if self._items is None:
-                texts = [M.render(M.item_token(i), self.catalog, details=True) for i in ids]
                 self._items = self.encoder.encode(texts).float()
                 if self.item_cache is not None:
                     self.item_cache.parent.mkdir(parents=True, exist_ok=True)
                     tmp = self.item_cache.with_name(self.item_cache.name + ".tmp")
-                    save_file({"items": self._items.contiguous()}, str(tmp))
+                    save_file({"items": self._items.contiguous()}, str(tmp), metadata={"items": key})
                     tmp.replace(self.item_cache)
         return self._items
 
     @torch.no_grad()
-    def item_rewards(self, contexts: list[str]) -> torch.Tensor:
+    def item_rewards(self, contexts: list[str], embedded: torch.Tensor | None = None) -> torch.Tensor:
         """[n, I]: R_phi's reward for a system turn that recommends catalog item i (alone, shown
         with its details) after each context, for every item: the action values of the item
-        choice that :func:`ppo_update`'s expected surrogate uses."""
+        choice that :func:`ppo_update`'s expected surrogate uses. ``embedded`` [n, D]: the
+        contexts' sentence embeddings when already computed (e.g. by :meth:`score`)."""
         items = self.item_encodings()
         if self._match is None:
             self._match = CatalogMatch(self.catalog)
         ctx = [M.render(x, self.catalog) for x in contexts]
-        c = self.encoder.encode(ctx).float()
+        c = (self.encoder.encode(ctx) if embedded is None else embedded).float()
         out = torch.empty(len(ctx), items.shape[0])
         for j, text in enumerate(ctx):
             x = self.rm.features(c[j].expand(items.shape[0], -1), items, self._match(text))
@@ -848,8 +857,8 @@ def rollout(
                 e.rewards.append(v)
             for e, part in zip(eps, x.split([len(e.responses) for e in eps]), strict=True):
                 e.features = part
-            if item_values:
-                q = scorer.item_rewards([e.contexts[k] for e, k in flat])
+            if item_values:  # the same contexts: their embeddings from the turn scoring's features
+                q = scorer.item_rewards([e.contexts[k] for e, k in flat], embedded=scorer.rm.context_part(x))
                 for e, part in zip(eps, q.split([len(e.responses) for e in eps]), strict=True):
                     e.item_q = part
     return eps
@@ -982,8 +991,7 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
     use_q = cfg.item_pg > 0 and all(e.item_q is not None for e in eps)
     use_items = use_q or cfg.recommend_first
     n_items = len(policy.item_ids)
-    item_of = torch.full((len(policy.item_mask),), -1, dtype=torch.int64)
-    item_of[policy.item_ids.cpu()] = torch.arange(n_items)
+    item_of = policy.item_index.cpu()
     parts = []
     for g in groups:
         ids, attn = pad_right([eps[b].ids for b in g], tok.pad_token_id, dev)
@@ -1012,12 +1020,12 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
                 q = q.masked_fill(ban, 0.0)
                 adv = (q - (p_old * q).sum(-1, keepdim=True)).masked_fill(ban, 0.0)
             if cfg.recommend_first:
-                choice = item_of.to(dev)[ids[:, 1:][at]]
+                choice = policy.item_index[ids[:, 1:][at]]
                 if bool((choice < 0).any()):
                     raise ValueError("recommend_first: a system turn opens with a token that is not an item")
                 lp = given_item(lp, ilp, at, choice)
                 ref_lp = given_item(ref_lp, ref_ilp, at, choice)
-            items = (at, ban, ilp, adv, choice)
+            items = {"items_at": at, "item_ban": ban, "item_old": ilp, "item_adv": adv, "item_choice": choice}
         else:
             lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
             ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
@@ -1025,10 +1033,6 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
         for k, x in (("mask", mask), ("lp", lp), ("ref", ref_lp), ("v", v)):
             full[k][g, :n] = x.float()
         parts.append((g, ids, attn, state, n, items))
-    if use_q:
-        second = torch.cat([(it[2].exp() * it[3] ** 2).sum(-1) for *_, it in parts])
-        scale = second.mean().clamp(min=1e-12).rsqrt()
-        parts = [(*p[:5], (*p[5][:3], p[5][3] * scale, p[5][4])) for p in parts]
     mask = full["mask"]
     kl = ops.kl_penalty(full["lp"], full["ref"], kind="k1") * mask
     rewards = ops.token_rewards(torch.zeros(len(eps), device=dev), kl, mask, beta=beta)
@@ -1038,10 +1042,14 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
     adv, ret = ops.gae(rewards, full["v"] * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
     mbs = [
         Minibatch(
-            ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n], *(items or ())
+            ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n], **(items or {})
         )
         for g, ids, attn, state, n, items in parts
     ]
+    if use_q:  # one batch-wide scale: E_s E_{a ~ pi_old} A^2 = 1
+        second = torch.cat([(mb.item_old.exp() * mb.item_adv**2).sum(-1) for mb in mbs]).mean()
+        for mb in mbs:
+            mb.item_adv = mb.item_adv * second.clamp(min=1e-12).rsqrt()
     return PPOBatch(mbs, mask, kl)
 
 

@@ -55,6 +55,12 @@ def test_item_rewards_equal_scoring_each_item_alone(tmp_path):
         torch.testing.assert_close(q[j], one, rtol=1e-5, atol=1e-5)
     again = R.Scorer(rm, None, catalog, item_cache=cache)  # embeddings from the cache, no encoder needed
     torch.testing.assert_close(again.item_encodings(), scorer.item_encodings())
+    c = Enc().encode([M.render(x, catalog) for x in ctx])
+    torch.testing.assert_close(scorer.item_rewards(ctx, embedded=c), q)  # precomputed context embeddings
+    other = generate_catalog(15, seed=2)  # same size, other items: the cache is not theirs
+    fresh = R.Scorer(rm, Enc(), other, item_cache=cache)
+    expected = Enc().encode([M.render(M.item_token(i), other, details=True) for i in other.ids()])
+    torch.testing.assert_close(fresh.item_encodings(), expected)
 
 
 def test_expected_item_loss_is_the_clipped_surrogate_averaged_over_the_catalog():
