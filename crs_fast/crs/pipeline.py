@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -443,10 +444,22 @@ def _save_fig(plt, fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plots(out: pathlib.Path) -> list[pathlib.Path]:
+_SMOOTH = 5  # iterations in the trailing mean drawn over noisy per-iteration curves
+
+
+def trailing_mean(values: Sequence[float], k: int) -> list[float]:
+    """``m_i = mean(values[i - k + 1 .. i])`` for ``i = k - 1 .. n - 1`` (``n - k + 1`` values)."""
+    if k < 1:
+        raise ValueError(f"trailing_mean: k must be >= 1, got {k}")
+    return [sum(values[i - k + 1 : i + 1]) / k for i in range(k - 1, len(values))]
+
+
+def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.Path]:
     """PNG plots over PPO iterations of the R_phi reward (R_phi is refit each iteration, so its
     scale moves), the simulated users' satisfaction in the rollouts (the ground truth R_phi
-    stands in for), the KL, the value loss and Recall@10 (and the SFT loss)."""
+    stands in for), the KL, the value loss and Recall@10 (and the SFT loss); curves with at least
+    ``2 * _SMOOTH`` points also get the trailing mean of the last ``_SMOOTH`` iterations, and the
+    KL panel the adaptive controller's ``kl_target`` when one is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -457,7 +470,7 @@ def plots(out: pathlib.Path) -> list[pathlib.Path]:
     written = []
     (out / "plots").mkdir(parents=True, exist_ok=True)
     panels = [
-        ("reward", "R_phi reward per dialogue"),
+        ("reward", "R_phi reward per dialogue\n(R_phi refit each iteration)"),
         ("satisfaction", "simulated satisfaction (rollouts)"),
         ("kl", "KL to reference (nats / dialogue)"),
         ("value_loss", "value loss"),
@@ -468,7 +481,14 @@ def plots(out: pathlib.Path) -> list[pathlib.Path]:
         for ax, (key, title) in zip(axes, panels, strict=True):
             pts = [(r["step"], r[key]) for r in rows if key in r]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, alpha=0.5, label="per iteration")
+                if len(pts) >= 2 * _SMOOTH:
+                    steps, vals = zip(*pts, strict=True)
+                    ax.plot(steps[_SMOOTH - 1 :], trailing_mean(vals, _SMOOTH), lw=2, label=f"mean of last {_SMOOTH}")
+            if key == "kl" and kl_target is not None:
+                ax.axhline(kl_target, color="grey", ls="--", lw=1, label=f"target {kl_target:g}")
+            if len(ax.get_legend_handles_labels()[0]) > 1:
+                ax.legend(fontsize=7)
             ax.set_title(title)
             ax.set_xlabel("PPO iteration")
         written.append(_save_fig(plt, fig, out / "plots" / "ppo.png"))
@@ -497,7 +517,7 @@ def run_demo(cfg: R.Config, out: pathlib.Path, *, quick: bool = False) -> dict:
     run_train_rm(cfg, out, encoder=encoder, data=data)
     run_ppo(cfg, out, encoder=encoder, data=data)
     result = run_eval(cfg, out, encoder=encoder, data=data)
-    plots(out)
+    plots(out, kl_target=cfg.kl_target)
     summary = {
         name: {
             "recall@10": result[name]["synthetic"]["standard"]["recall@10"],

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "ppo":
             P.run_ppo(cfg, out, resume=args.resume)
             print(f"PPO policy: {out / 'ppo' / 'policy.safetensors'}")
-            P.plots(out)
+            P.plots(out, kl_target=cfg.kl_target)
         elif args.command == "eval":
             P.run_eval(cfg, out)
             print((out / "report.md").read_text())

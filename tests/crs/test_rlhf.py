@@ -131,6 +131,24 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
     assert "UniCRS (published)" in (out / "report.md").read_text()
 
 
+def test_trailing_mean_and_ppo_plot(tmp_path):
+    import random
+
+    vals = [random.uniform(-1, 1) for _ in range(random.randint(5, 30))]
+    k = random.randint(1, 5)
+    got = P.trailing_mean(vals, k)
+    assert len(got) == len(vals) - k + 1
+    for i, m in enumerate(got):
+        assert m == pytest.approx(sum(vals[i : i + k]) / k)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        P.trailing_mean(vals, 0)
+    rows = [{"stage": "ppo", "step": i, "reward": v, "kl": abs(v) * 10} for i, v in enumerate(vals)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = P.plots(tmp_path, kl_target=6.0)
+    assert [w.name for w in written] == ["ppo.png"]
+    assert written[0].stat().st_size > 1000
+
+
 def test_ranking_metrics_by_hand():
     m = E.ranking_metrics([0, 4, None, 30])
     assert m["recall@1"] == 0.25 and m["recall@10"] == 0.5 and m["recall@50"] == 0.75
