@@ -73,6 +73,58 @@ from .simulator import UserSimulator, generate_catalog, write_synthetic_redial
 
 EVAL_SEED_BASE = 10**9  # held-out synthetic users: seeds never used for training data or PPO
 
+# Config keys that must be > 0 and >= 0 (Config.__post_init__).
+_CFG_POSITIVE = [
+    "catalog_items",
+    "synthetic_users",
+    "max_context",
+    "max_response",
+    "sft_batch",
+    "sft_epochs",
+    "sft_lr",
+    "item_lr",
+    "ppo_item_lr",
+    "rm_lr",
+    "rm_batch",
+    "ppo_iters",
+    "episodes",
+    "turns",
+    "new_tokens",
+    "ppo_epochs",
+    "minibatch",
+    "ppo_lr",
+    "clip",
+    "value_clip",
+    "kl_horizon",
+    "max_grad_norm",
+    "eval_users",
+    "eval_every",
+    "val_users",
+    "save_every",
+    "bootstrap",
+]
+_CFG_NON_NEGATIVE = [
+    "user_pool",
+    "redial_train_max",
+    "rm_redial_max",
+    "sft_steps",
+    "rm_epochs",
+    "rm_online_steps",
+    "w_dwell",
+    "w_sentiment",
+    "w_engagement",
+    "w_satisfaction",
+    "vf_coef",
+    "ent_coef",
+    "kl_beta",
+    "temperature",
+    "item_pg",
+    "eval_offset",
+    "redial_eval_max",
+    "lora_r",
+    "train_layers",
+]
+
 
 @dataclass
 class Config:
@@ -133,6 +185,33 @@ class Config:
     bootstrap: int = 1000
     lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of the whole LM
     train_layers: int = 2  # > 0: train only the top layers (+ untied head, value head); 0: everything
+
+    def __post_init__(self) -> None:
+        """Check every value's type against its annotation (an int is taken where a float is
+        expected) and its range, naming the key: a wrong value fails here, not minutes into a run."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and "None" in kind:
+                continue
+            if kind.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            want = {"int": int, "float": float, "bool": bool, "str": str}[kind.split(" |")[0]]
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise TypeError(f"Config.{f.name}: expected {kind}, got {value!r} ({type(value).__name__})")
+        for name in _CFG_POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Config.{name}: expected > 0, got {getattr(self, name)!r}")
+        for name in _CFG_NON_NEGATIVE:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"Config.{name}: expected a value in [0, 1], got {getattr(self, name)!r}")
+        if self.kl_target is not None and not self.kl_target >= 0:
+            raise ValueError(f"Config.kl_target: expected None, 0 (fixed beta) or > 0, got {self.kl_target!r}")
+        if self.real_data not in ("auto", "on", "off"):
+            raise ValueError(f"Config.real_data: expected 'auto', 'on' or 'off', got {self.real_data!r}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
