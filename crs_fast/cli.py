@@ -3,10 +3,16 @@
 import argparse
 import sys
 
+DESCRIPTION = (
+    "crs_fast: fused RLHF kernels and an implicit-feedback RLHF pipeline for LLM conversational "
+    "recommenders. `crs-fast demo --out runs/demo` runs SFT -> reward model -> PPO -> evaluation; "
+    "`crs-fast COMMAND --help` describes each command."
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crs-fast`` console script."""
-    parser = argparse.ArgumentParser(prog="crs-fast", description=__doc__)
+    parser = argparse.ArgumentParser(prog="crs-fast", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     ops_demo = sub.add_parser("ops-demo", help="run every op at realistic shapes against its reference")
     ops_demo.add_argument("--quick", action="store_true", help="small shapes (seconds)")
