@@ -51,6 +51,12 @@ def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bo
     ]
 
 
+def redial_groups(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool) -> list[int]:
+    """For each sample of :func:`redial_samples` (same arguments, same order), the index of the
+    dialogue it comes from: the clusters of a dialogue-level bootstrap."""
+    return [j for j, d in enumerate(dialogues) for _ in redial_samples([d], catalog, dedup=dedup)]
+
+
 class TrunkCache:
     """The frozen trunk's activations per batch of prompts, shared by policies whose frozen part is
     identical (base, SFT and PPO when only the top layers train): the trunk runs once per prompt
@@ -213,6 +219,35 @@ def bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n: int = 1000, see
     rng = random.Random(seed)
     means = sorted(sum(d[rng.randrange(len(d))] for _ in d) / len(d) for _ in range(n))
     return {"diff": sum(d) / len(d), "lo": means[int(0.025 * n)], "hi": means[min(n - 1, int(0.975 * n))]}
+
+
+def cluster_bootstrap_diff(
+    a: Sequence[float], b: Sequence[float], groups: Sequence[int], *, n: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Paired bootstrap of mean(b - a) that resamples whole groups (e.g. the samples of one
+    dialogue, which are not independent): each replicate draws as many groups as there are, with
+    replacement, and takes the mean of ``b - a`` over all their samples. Returns the mean over all
+    samples, its 95% confidence interval and the number of groups."""
+    if not len(a) == len(b) == len(groups):
+        raise ValueError(
+            f"cluster_bootstrap_diff: a, b and groups differ in length ({len(a)}, {len(b)}, {len(groups)})"
+        )
+    sums: dict[int, list[float]] = {}
+    for x, y, g in zip(a, b, groups, strict=True):
+        acc = sums.setdefault(g, [0.0, 0.0])
+        acc[0] += y - x
+        acc[1] += 1
+    if not sums:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "groups": 0}
+    per = list(sums.values())
+    rng = random.Random(seed)
+    means = []
+    for _ in range(n):
+        draw = [per[rng.randrange(len(per))] for _ in per]
+        means.append(sum(d for d, _ in draw) / sum(c for _, c in draw))
+    means.sort()
+    total = sum(d for d, _ in per) / sum(c for _, c in per)
+    return {"diff": total, "lo": means[int(0.025 * n)], "hi": means[min(n - 1, int(0.975 * n))], "groups": len(per)}
 
 
 _SEED_BASE = {"eval": 1_000_000_000, "val": 2_000_000_000, "train": 3_000_000_000}

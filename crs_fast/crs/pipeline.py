@@ -318,6 +318,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     encoder = encoder or SentenceEncoder()
     scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
     redial = None
+    groups: list[int] = []  # the ReDial test dialogue of each ranking sample
     if data.redial_test:  # the samples and contexts are the same for every policy
         std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
         ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
@@ -328,6 +329,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             for i, t in enumerate(d.turns)
             if t.role == "system" and t.items and i > 0
         ]
+        groups = E.redial_groups(data.redial_test, data.catalog, dedup=False)
         redial = (std_s, ded_s, k, prompts)
     seeds = [E.synthetic_seed(cfg, cfg.eval_offset + i, "eval") for i in range(cfg.eval_users)]
     samples = E.synthetic_samples(data.catalog, seeds, data.pool)
@@ -354,6 +356,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
                 lists = E.top_lists(policy, tok, prompts, k, cfg, trunk.for_policy(policy))
                 std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
                 _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
+                per[name].update({f"redial_recall@{k}": [float(x is not None and x < k) for x in std] for k in E.KS})
                 res["redial"] = {
                     "standard": E.ranking_metrics(std),
                     "dedup": E.ranking_metrics(ded),
@@ -366,6 +369,17 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             k: E.bootstrap_diff(per["sft"][k], per["ppo"][k], n=cfg.bootstrap, seed=cfg.seed)
             for k in ("satisfaction", "recall@10")
         }
+        if "redial_recall@1" in per["sft"] and "redial_recall@1" in per["ppo"]:
+            result["redial_ppo_vs_sft"] = {  # samples of one dialogue are resampled together
+                f"recall@{k}": E.cluster_bootstrap_diff(
+                    per["sft"][f"redial_recall@{k}"],
+                    per["ppo"][f"redial_recall@{k}"],
+                    groups,
+                    n=cfg.bootstrap,
+                    seed=cfg.seed,
+                )
+                for k in E.KS
+            }
     kl_rows = Tracker(out).rows("ppo")
     if kl_rows:
         result["ppo_kl_final"] = kl_rows[-1]["kl"]
@@ -419,6 +433,12 @@ def report(result: dict) -> str:
         lines.append("")
         for k, v in result["ppo_vs_sft"].items():
             lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f})")
+    if "redial_ppo_vs_sft" in result:
+        for k, v in result["redial_ppo_vs_sft"].items():
+            lines.append(
+                f"PPO - SFT, ReDial test {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}, "
+                f"{v['groups']} dialogues resampled whole)"
+            )
     if "ppo_kl_final" in result:
         lines.append(
             f"\nKL(PPO || SFT reference) per dialogue at the last iteration: {result['ppo_kl_final']:.4f} nats"

@@ -127,6 +127,9 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
     if real:
         assert result["real_data"] and "redial" in result["ppo"]
         assert set(result["ppo"]["redial"]["dedup"]) >= {"recall@1", "recall@10", "recall@50"}
+        diffs = result["redial_ppo_vs_sft"]
+        assert set(diffs) == {"recall@1", "recall@10", "recall@50"}
+        assert all(d["lo"] <= d["diff"] <= d["hi"] and d["groups"] > 1 for d in diffs.values())
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
     assert "UniCRS (published)" in (out / "report.md").read_text()
 
@@ -147,6 +150,44 @@ def test_trailing_mean_and_ppo_plot(tmp_path):
     written = P.plots(tmp_path, kl_target=6.0)
     assert [w.name for w in written] == ["ppo.png"]
     assert written[0].stat().st_size > 1000
+
+
+def test_cluster_bootstrap_resamples_whole_dialogues():
+    import random
+
+    rng = random.Random()
+    a = [float(rng.random() < 0.3) for _ in range(40)]
+    b = [float(rng.random() < 0.5) for _ in range(40)]
+    single = E.cluster_bootstrap_diff(a, b, list(range(40)), n=500, seed=3)
+    assert single["groups"] == 40 and single["lo"] <= single["diff"] <= single["hi"]
+    assert single["diff"] == pytest.approx((sum(b) - sum(a)) / 40)
+    # every sample five times inside its own dialogue: the same groups, so the same interval,
+    # while the sample-level bootstrap (which takes the copies as independent) narrows
+    a5, b5, g5 = ([x for x in v for _ in range(5)] for v in (a, b, list(range(40))))
+    five = E.cluster_bootstrap_diff(a5, b5, g5, n=500, seed=3)
+    assert five["lo"] == pytest.approx(single["lo"]) and five["hi"] == pytest.approx(single["hi"])
+    naive = E.bootstrap_diff(a5, b5, n=500, seed=3)
+    assert naive["hi"] - naive["lo"] < 0.7 * (five["hi"] - five["lo"])
+    same = E.cluster_bootstrap_diff(a, a, list(range(40)))
+    assert same["diff"] == same["lo"] == same["hi"] == 0
+    with pytest.raises(ValueError, match="differ in length"):
+        E.cluster_bootstrap_diff(a, b[:-1], list(range(40)))
+
+
+def test_redial_groups_follow_the_samples(tmp_path):
+    from crs_fast.crs import generate_catalog, load_redial, write_synthetic_redial
+
+    catalog = generate_catalog(60, seed=1)
+    dialogues = list(load_redial(write_synthetic_redial(catalog, 12, tmp_path / "d.jsonl", seed=2)))
+    for dedup in (False, True):
+        samples = E.redial_samples(dialogues, catalog, dedup=dedup)
+        groups = E.redial_groups(dialogues, catalog, dedup=dedup)
+        assert len(groups) == len(samples) > len(dialogues) and groups == sorted(groups)
+        for j, d in enumerate(dialogues):
+            mine = [s for s, g in zip(samples, groups, strict=True) if g == j]
+            assert [(s.prompt, s.target) for s in mine] == [
+                (s.prompt, s.target) for s in E.redial_samples([d], catalog, dedup=dedup)
+            ]
 
 
 def test_ranking_metrics_by_hand():
