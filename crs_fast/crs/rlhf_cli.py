@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     out = args.out
+    try:  # the stages have progress bars of their own; transformers' would print at every model load
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     try:
         if args.command == "sft":
             print(f"SFT policy: {P.run_sft(cfg, out)}")
