@@ -383,9 +383,17 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     kl_rows = Tracker(out).rows("ppo")
     if kl_rows:
         result["ppo_kl_final"] = kl_rows[-1]["kl"]
-        onp = [x for r in kl_rows if (x := r.get("rm_onpolicy_sentiment_spearman")) is not None and x == x]
-        if onp:  # R_phi against the simulator on each new rollout batch, before refitting on it
-            result["rm_onpolicy_sentiment_spearman"] = {"mean": sum(onp) / len(onp), "last": onp[-1], "n": len(onp)}
+        for key in ("rm_onpolicy_sentiment_spearman", "rm_fixed_onpolicy_sentiment_spearman"):
+            onp = [x for r in kl_rows if (x := r.get(key)) is not None and x == x]
+            if onp:  # R_phi against the simulator on each new rollout batch, before refitting on it
+                result[key] = {"mean": sum(onp) / len(onp), "last": onp[-1], "n": len(onp)}
+        fixed = [r["reward_fixed_rm"] for r in kl_rows if "reward_fixed_rm" in r]
+        if len(fixed) >= 2 * _SMOOTH:  # the fixed offline R_phi's reward per dialogue, early vs late
+            result["reward_fixed_rm"] = {
+                "first": sum(fixed[:_SMOOTH]) / _SMOOTH,
+                "last": sum(fixed[-_SMOOTH:]) / _SMOOTH,
+                "iterations": _SMOOTH,
+            }
     rm_q = out / "rm" / "quality.json"
     if rm_q.exists():
         result["reward_model"] = json.loads(rm_q.read_text())
@@ -454,6 +462,18 @@ def report(result: dict) -> str:
             f"\nR_phi on-policy (each PPO batch before the refit on it), sentiment Spearman: mean {o['mean']:.3f} "
             f"over {o['n']} iterations, last {o['last']:.3f}"
         )
+    if "rm_fixed_onpolicy_sentiment_spearman" in result:
+        o = result["rm_fixed_onpolicy_sentiment_spearman"]
+        lines.append(
+            f"\nFixed offline R_phi on the same batches, sentiment Spearman: mean {o['mean']:.3f} "
+            f"over {o['n']} iterations, last {o['last']:.3f}"
+        )
+    if "reward_fixed_rm" in result:
+        f = result["reward_fixed_rm"]
+        lines.append(
+            f"\nReward per dialogue of the PPO rollouts under the fixed offline R_phi: {f['first']:.3f} "
+            f"(mean of the first {f['iterations']} iterations) -> {f['last']:.3f} (mean of the last {f['iterations']})"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -475,9 +495,10 @@ def trailing_mean(values: Sequence[float], k: int) -> list[float]:
 
 
 def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.Path]:
-    """PNG plots over PPO iterations of the R_phi reward (R_phi is refit each iteration, so its
-    scale moves), the simulated users' satisfaction in the rollouts (the ground truth R_phi
-    stands in for), the KL, the value loss and Recall@10 (and the SFT loss); curves with at least
+    """PNG plots over PPO iterations of the R_phi reward (under the refit R_phi PPO trains on,
+    whose scale moves with each refit, and under the fixed offline R_phi), the simulated users'
+    satisfaction in the rollouts (the ground truth R_phi stands in for), the KL, the value loss
+    and Recall@10 (and the SFT loss); curves with at least
     ``2 * _SMOOTH`` points also get the trailing mean of the last ``_SMOOTH`` iterations, and the
     KL panel the adaptive controller's ``kl_target`` when one is given."""
     import matplotlib
@@ -489,23 +510,36 @@ def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.
     rows = tracker.rows("ppo")
     written = []
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    panels = [
-        ("reward", "R_phi reward per dialogue\n(R_phi refit each iteration)"),
-        ("satisfaction", "simulated satisfaction (rollouts)"),
-        ("kl", "KL to reference (nats / dialogue)"),
-        ("value_loss", "value loss"),
-        ("recall@10", "Recall@10 (validation users)"),
+    panels = [  # (title, [(metrics key, legend label)])
+        (
+            "R_phi reward per dialogue",
+            [("reward", "refit R_phi (trained on)"), ("reward_fixed_rm", "fixed offline R_phi")],
+        ),
+        ("simulated satisfaction (rollouts)", [("satisfaction", "")]),
+        ("KL to reference (nats / dialogue)", [("kl", "")]),
+        ("value loss", [("value_loss", "")]),
+        ("Recall@10 (validation users)", [("recall@10", "")]),
     ]
     if rows:
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-        for ax, (key, title) in zip(axes, panels, strict=True):
-            pts = [(r["step"], r[key]) for r in rows if key in r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, alpha=0.5, label="per iteration")
+        for ax, (title, keys) in zip(axes, panels, strict=True):
+            for j, (key, label) in enumerate(keys):
+                pts = [(r["step"], r[key]) for r in rows if key in r]
+                if not pts:
+                    continue
+                color = f"C{j}"
+                name = f"{label}, " if label else ""
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, alpha=0.4, color=color, label=f"{name}per iteration")
                 if len(pts) >= 2 * _SMOOTH:
                     steps, vals = zip(*pts, strict=True)
-                    ax.plot(steps[_SMOOTH - 1 :], trailing_mean(vals, _SMOOTH), lw=2, label=f"mean of last {_SMOOTH}")
-            if key == "kl" and kl_target is not None:
+                    ax.plot(
+                        steps[_SMOOTH - 1 :],
+                        trailing_mean(vals, _SMOOTH),
+                        lw=2,
+                        color=color,
+                        label=f"{name}mean of last {_SMOOTH}",
+                    )
+            if title.startswith("KL") and kl_target is not None:
                 ax.axhline(kl_target, color="grey", ls="--", lw=1, label=f"target {kl_target:g}")
             if len(ax.get_legend_handles_labels()[0]) > 1:
                 ax.legend(fontsize=7)

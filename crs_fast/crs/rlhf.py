@@ -748,10 +748,16 @@ class OnlineRM:
     online, half offline. Before each refit, the Spearman correlation of R_phi's sentiment head with
     the new labels is its on-policy held-out quality. Under DDP each process refits its own copy
     on its own rollouts (the policy's gradients are still averaged, so its ranks stay identical).
+
+    A frozen copy of the offline R_phi (as ``rm`` is when this is built) is the fixed yardstick:
+    each batch's reward per dialogue and sentiment Spearman under it are recorded beside the
+    refit model's, since the refit model's reward moves with its refits and cannot be compared
+    across iterations. It is never trained and takes no random numbers: training is unchanged.
     """
 
     def __init__(self, rm: RewardModel, cfg: Config, x_off: torch.Tensor, y_off: torch.Tensor) -> None:
         self.rm, self.cfg = rm, cfg
+        self.fixed = copy.deepcopy(rm).eval().requires_grad_(False)
         self.x_off, self.y_off = x_off, y_off
         self.x = torch.zeros(0, x_off.shape[1])
         self.y = torch.zeros(0, y_off.shape[1])
@@ -775,10 +781,15 @@ class OnlineRM:
         return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 4)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Record the on-policy quality of R_phi on (``features``, ``labels``), append them and refit."""
+        """Record the on-policy quality of R_phi on (``features``, ``labels``) (and of the fixed
+        offline R_phi), append them and refit."""
         with torch.no_grad():
             pred = self.rm.net(features)[:, 1]
-        quality = {"rm_onpolicy_sentiment_spearman": spearman(pred, labels[:, 1])}
+            fixed = self.fixed.net(features)[:, 1]
+        quality = {
+            "rm_onpolicy_sentiment_spearman": spearman(pred, labels[:, 1]),
+            "rm_fixed_onpolicy_sentiment_spearman": spearman(fixed, labels[:, 1]),
+        }
         self.x, self.y = torch.cat([self.x, features]), torch.cat([self.y, labels])
         half = self.cfg.rm_batch // 2
         self.rm.train()
@@ -799,7 +810,10 @@ class OnlineRM:
         feats = [e.features for e in eps if e.features is not None and len(e.features)]
         if not feats:
             return {}
-        return self.update(torch.cat(feats), self.labels(eps, catalog))
+        x = torch.cat(feats)
+        with torch.no_grad():  # the reward per dialogue under the fixed offline R_phi
+            fixed_reward = float(self.fixed.reward_of(x).sum()) / len(eps)
+        return {"reward_fixed_rm": fixed_reward, **self.update(x, self.labels(eps, catalog))}
 
     def save(self, directory: pathlib.Path) -> None:
         """R_phi as refit so far, the online examples and the optimizer, into ``directory``."""

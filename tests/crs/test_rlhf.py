@@ -389,10 +389,19 @@ def test_online_rm_labels_like_the_logs_and_refits_towards_them():
     feats = torch.randn(2, x_off.shape[1])
     with torch.no_grad():
         before = float(R.rm_loss(rm.net(feats), y))
+        offline = rm.reward_of(feats).clone()
     quality = online.update(feats, y)
-    assert "rm_onpolicy_sentiment_spearman" in quality and len(online.x) == 2
+    assert {"rm_onpolicy_sentiment_spearman", "rm_fixed_onpolicy_sentiment_spearman"} <= set(quality)
+    assert len(online.x) == 2
     with torch.no_grad():
         assert float(R.rm_loss(rm.net(feats), y)) < before
+        # the fixed yardstick is the offline R_phi, untouched by the refit
+        torch.testing.assert_close(online.fixed.reward_of(feats), offline)
+        assert not torch.allclose(rm.reward_of(feats), offline)
+    assert not any(p.requires_grad for p in online.fixed.parameters())
+    ep.features = feats
+    seen = online.observe([ep], catalog)
+    assert seen["reward_fixed_rm"] == pytest.approx(float(offline.sum()))  # one dialogue: its turns' sum
 
 
 def test_kl_optimum_moves_from_the_policy_towards_r_phi(trained, encoder):
