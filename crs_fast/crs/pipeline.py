@@ -311,7 +311,8 @@ def run_ppo(
 
 
 def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData | None = None) -> dict:
-    """Evaluate the base (zero-shot), SFT and PPO policies; writes ``eval.json`` and ``report.md``."""
+    """Evaluate the base (zero-shot), SFT and PPO policies; writes ``eval.json``, ``report.md`` and
+    ``plots/eval.png``."""
     from .encoder import SentenceEncoder
 
     data = data or R.prepare_data(cfg, out / "data")
@@ -399,6 +400,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
         result["reward_model"] = json.loads(rm_q.read_text())
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     (out / "report.md").write_text(report(result))
+    eval_plot(result, out / "plots" / "eval.png")
     return result
 
 
@@ -554,6 +556,53 @@ def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.
         ax.set_xlabel("step")
         written.append(_save_fig(plt, fig, out / "plots" / "sft.png"))
     return written
+
+
+def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
+    """``path`` (PNG): base, SFT and PPO side by side on synthetic satisfaction and Recall@10 and,
+    when evaluated, ReDial test Recall@1/10/50 beside the published UniCRS numbers; each panel's
+    title carries PPO - SFT with its 95% bootstrap interval. None when no policy was evaluated."""
+    names = [n for n in ("base", "sft", "ppo") if n in result]
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def diff(group: str, key: str) -> str:
+        d = result.get(group, {}).get(key)
+        return f"\nPPO - SFT {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else ""
+
+    panels = [
+        ("synthetic satisfaction" + diff("ppo_vs_sft", "satisfaction"), lambda r: r["synthetic"]["satisfaction"], None),
+        (
+            "synthetic Recall@10" + diff("ppo_vs_sft", "recall@10"),
+            lambda r: r["synthetic"]["standard"]["recall@10"],
+            None,
+        ),
+    ]
+    if all("redial" in result[n] for n in names):
+        for i, k in enumerate(E.KS):
+            panels.append(
+                (
+                    f"ReDial test Recall@{k}" + diff("redial_ppo_vs_sft", f"recall@{k}"),
+                    lambda r, k=k: r["redial"]["standard"][f"recall@{k}"],
+                    PUBLISHED["UniCRS"][i],
+                )
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
+    for ax, (title, get, published) in zip(axes, panels, strict=True):
+        vals = [get(result[n]) for n in names]
+        bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        if published is not None:
+            ax.axhline(published, color="grey", ls="--", lw=1, label=f"UniCRS (published) {published:.3f}")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(title, fontsize=9)
+        ax.margins(y=0.15)
+    return _save_fig(plt, fig, path)
 
 
 def run_demo(cfg: R.Config, out: pathlib.Path, *, quick: bool = False) -> dict:

@@ -131,6 +131,7 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
         assert set(diffs) == {"recall@1", "recall@10", "recall@50"}
         assert all(d["lo"] <= d["diff"] <= d["hi"] and d["groups"] > 1 for d in diffs.values())
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
+    assert (out / "plots" / "eval.png").stat().st_size > 1000
     assert "UniCRS (published)" in (out / "report.md").read_text()
 
 
@@ -188,6 +189,25 @@ def test_redial_groups_follow_the_samples(tmp_path):
             assert [(s.prompt, s.target) for s in mine] == [
                 (s.prompt, s.target) for s in E.redial_samples([d], catalog, dedup=dedup)
             ]
+
+
+def test_eval_plot_with_and_without_redial(tmp_path):
+    import random
+
+    def policy(redial: bool) -> dict:
+        res = {"synthetic": {"satisfaction": random.random(), "standard": {"recall@10": random.random()}}}
+        if redial:
+            res["redial"] = {"standard": {f"recall@{k}": random.random() for k in E.KS}}
+        return res
+
+    ci = {"diff": 0.1, "lo": 0.05, "hi": 0.15}
+    for redial in (False, True):
+        result = {name: policy(redial) for name in ("base", "sft", "ppo")}
+        result["ppo_vs_sft"] = {"satisfaction": ci, "recall@10": ci}
+        path = P.eval_plot(result, tmp_path / f"plots{redial}" / "eval.png")
+        assert path is not None and path.stat().st_size > 1000
+    assert P.eval_plot({"config": {}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_ranking_metrics_by_hand():
