@@ -57,6 +57,18 @@ class Tracker:
                 if isinstance(v, int | float) and math.isfinite(v):
                     self.tb.add_scalar(f"{stage}/{k}", v, step)
 
+    def drop(self, stage: str, from_step: int) -> int:
+        """Remove the ``stage`` rows with ``step >= from_step`` (rewritten atomically): a rerun, or
+        a resume from a checkpoint older than the last logged iteration, replaces them instead of
+        logging them twice. Returns how many were removed."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        keep = [x for x in lines if not ((r := json.loads(x))["stage"] == stage and r["step"] >= from_step)]
+        if len(keep) != len(lines):
+            _save_atomic(lambda p: p.write_text("".join(x + "\n" for x in keep), encoding="utf-8"), self.path)
+        return len(lines) - len(keep)
+
     def rows(self, stage: str) -> list[dict]:
         if not self.path.exists():
             return []
@@ -178,7 +190,19 @@ def _load_rm(out: pathlib.Path, dim: int) -> R.RewardModel:
     return rm.eval()
 
 
+def latest_checkpoint(ckpt: pathlib.Path) -> pathlib.Path | None:
+    """The complete checkpoint to resume from: ``ckpt`` itself, or ``ckpt.old`` where a crash came
+    between :func:`_ckpt_save`'s two renames (``state.json`` is written last, so a directory
+    holding it is complete); None when there is neither."""
+    for d in (ckpt, ckpt.with_name(ckpt.name + ".old")):
+        if (d / "state.json").exists():
+            return d
+    return None
+
+
 def _ckpt_save(ckpt: pathlib.Path, policy, opt, state: dict, online: R.OnlineRM | None = None) -> None:
+    """Write the checkpoint into ``ckpt.tmp``, then swap it in by renames: at every moment a
+    complete checkpoint exists under ``ckpt`` or ``ckpt.old`` (:func:`latest_checkpoint`)."""
     from safetensors.torch import save_model
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
@@ -240,15 +264,22 @@ def run_ppo(
     )
     ckpt = out / "ppo" / "checkpoint"
     start = 0
-    if resume and (ckpt / "state.json").exists():
-        load_policy(policy, ckpt / "policy.safetensors")
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        state = json.loads((ckpt / "state.json").read_text())
-        start, ctl.value = state["iteration"], state["beta"]
-        if online is not None:
-            online.load(ckpt)
+    if resume:
+        found = latest_checkpoint(ckpt)
+        if found is None:
+            if acc.is_main_process:
+                print(f"--resume: no checkpoint in {ckpt}; PPO starts at iteration 0")
+        else:
+            load_policy(policy, found / "policy.safetensors")
+            opt.load_state_dict(torch.load(found / "optimizer.pt", weights_only=True))
+            state = json.loads((found / "state.json").read_text())
+            start, ctl.value = state["iteration"], state["beta"]
+            if online is not None:
+                online.load(found)
     model, opt = acc.prepare(policy, opt)
     tracker = Tracker(out) if acc.is_main_process else None
+    if tracker:
+        tracker.drop("ppo", start)  # rows of iterations this run (re)computes
     val_seeds = [E.synthetic_seed(cfg, i, "val") for i in range(cfg.val_users)]
     val = E.synthetic_samples(data.catalog, val_seeds, data.pool)
     it = start

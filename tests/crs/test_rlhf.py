@@ -69,6 +69,12 @@ def test_interrupted_and_resumed_ppo_ends_like_an_uninterrupted_run(trained, tmp
     with pytest.raises(KeyboardInterrupt):
         P.run_ppo(cfg, b, encoder=encoder, stop_after=1)  # Ctrl-C after the first iteration
     assert json.loads((b / "ppo" / "checkpoint" / "state.json").read_text())["iteration"] == 1
+    # as a crash (no Ctrl-C) after logging iterations past the checkpoint, and between the two
+    # renames of a checkpoint swap, would leave it: the resumed run replaces those rows and finds
+    # the complete checkpoint under checkpoint.old
+    for step in (1, 2):
+        P.Tracker(b).log("ppo", step, {"reward": -99.0, "kl": -99.0})
+    os.replace(b / "ppo" / "checkpoint", b / "ppo" / "checkpoint.old")
     resumed = P.run_ppo(cfg, b, encoder=encoder, resume=True)
     for (name, p), q in zip(full.named_parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
@@ -133,6 +139,41 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
     assert (out / "plots" / "eval.png").stat().st_size > 1000
     assert "UniCRS (published)" in (out / "report.md").read_text()
+
+
+def test_checkpoint_swap_keeps_a_complete_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "checkpoint"
+    assert P.latest_checkpoint(ckpt) is None
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    P._ckpt_save(ckpt, model, opt, {"iteration": 1, "beta": 0.1})
+    assert P.latest_checkpoint(ckpt) == ckpt
+    assert not (tmp_path / "checkpoint.tmp").exists() and not (tmp_path / "checkpoint.old").exists()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)  # a failure while the next checkpoint is written
+    with pytest.raises(OSError, match="disk full"):
+        P._ckpt_save(ckpt, model, opt, {"iteration": 2, "beta": 0.2})
+    monkeypatch.undo()
+    assert P.latest_checkpoint(ckpt) == ckpt
+    assert json.loads((ckpt / "state.json").read_text())["iteration"] == 1
+    (tmp_path / "incomplete").mkdir()  # no state.json: never taken for a checkpoint
+    os.replace(ckpt, tmp_path / "checkpoint.old")
+    assert P.latest_checkpoint(ckpt) == tmp_path / "checkpoint.old"
+    assert P.latest_checkpoint(tmp_path / "incomplete") is None
+
+
+def test_tracker_drop_replaces_rows_from_a_step_on(tmp_path):
+    t = P.Tracker(tmp_path)
+    assert t.drop("ppo", 0) == 0
+    for step in range(4):
+        t.log("ppo", step, {"reward": float(step)})
+    t.log("sft", 7, {"sft_loss": 1.0})
+    assert t.drop("ppo", 2) == 2
+    assert [r["step"] for r in t.rows("ppo")] == [0, 1] and [r["step"] for r in t.rows("sft")] == [7]
+    assert t.drop("ppo", 0) == 2 and t.rows("ppo") == [] and len(t.rows("sft")) == 1
 
 
 def test_trailing_mean_and_ppo_plot(tmp_path):
