@@ -441,7 +441,8 @@ def _dedup(res: dict) -> str:
 
 
 def report(result: dict) -> str:
-    """The comparison table (Markdown)."""
+    """The comparison table, the PPO - SFT intervals, KL and R_phi figures, and links to the plots
+    (Markdown, paths relative to the run directory)."""
     lines = [
         "| policy | data | R@1 | R@10 | R@50 | NDCG@10 | MRR@10 | dedup R@1 / R@10 / R@50 | satisfaction | coherence "
         "| distinct-2 |",
@@ -507,6 +508,9 @@ def report(result: dict) -> str:
             f"\nReward per dialogue of the PPO rollouts under the fixed offline R_phi: {f['first']:.3f} "
             f"(mean of the first {f['iterations']} iterations) -> {f['last']:.3f} (mean of the last {f['iterations']})"
         )
+    lines.append("\n![base, SFT and PPO](plots/eval.png)")
+    if "ppo_kl_final" in result:  # PPO ran: plots/ppo.png is drawn from its metrics
+        lines.append("\n![PPO training](plots/ppo.png)")
     return "\n".join(lines) + "\n"
 
 

@@ -138,7 +138,10 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
         assert all(d["lo"] <= d["diff"] <= d["hi"] and d["groups"] > 1 for d in diffs.values())
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
     assert (out / "plots" / "eval.png").stat().st_size > 1000
-    assert "UniCRS (published)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "UniCRS (published)" in report
+    for link in ("plots/eval.png", "plots/ppo.png"):  # the report links the plots the run drew
+        assert f"]({link})" in report and (out / link).exists()
 
 
 def test_checkpoint_swap_keeps_a_complete_checkpoint(tmp_path, monkeypatch):
