@@ -388,7 +388,7 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
                 lists = E.top_lists(policy, tok, prompts, k, cfg, trunk.for_policy(policy))
                 std, _ = E.ranks(policy, tok, data.catalog, std_s, cfg, lists)
                 _, ded = E.ranks(policy, tok, data.catalog, ded_s, cfg, lists)
-                per[name].update({f"redial_recall@{k}": [float(x is not None and x < k) for x in std] for k in E.KS})
+                per[name].update({f"redial_recall@{c}": [float(x is not None and x < c) for x in std] for c in E.KS})
                 res["redial"] = {
                     "standard": E.ranking_metrics(std),
                     "dedup": E.ranking_metrics(ded),
