@@ -1091,7 +1091,7 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
         gen, _ = pad_right([eps[b].gen for b in g], 0, dev)
         mask = gen[:, 1:].float()
         state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
-        items = None
+        items = at = ban = None
         if use_items:
             at = torch.zeros(mask.shape, dtype=torch.bool)
             ban = torch.zeros(sum(len(eps[b].turn_starts) for b in g), n_items, dtype=torch.bool)
@@ -1104,8 +1104,12 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
                         ban[row, seen[seen >= 0]] = True
                     row += 1
             at, ban = at.to(dev), ban.to(dev)
-            lp, _, v, ilp = policy.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
-            ref_lp, _, _, ref_ilp = ref.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
+        # with items_at, a fourth output: the log-probs over the catalog at those states
+        out = policy.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
+        ref_out = ref.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
+        (lp, _, v), ref_lp = out[:3], ref_out[0]
+        if use_items:
+            ilp, ref_ilp = out[3], ref_out[3]
             adv = choice = None
             if use_q:
                 q = torch.cat([eps[b].item_q for b in g]).to(dev) - beta * (ilp - ref_ilp).masked_fill(ban, 0.0)
@@ -1119,9 +1123,6 @@ def make_batch(policy: M.Policy, ref: M.Policy, eps: Sequence[Episode], tok, bet
                 lp = given_item(lp, ilp, at, choice)
                 ref_lp = given_item(ref_lp, ref_ilp, at, choice)
             items = {"items_at": at, "item_ban": ban, "item_old": ilp, "item_adv": adv, "item_choice": choice}
-        else:
-            lp, _, v = policy.logprobs(ids, attn, select=mask > 0, state=state)
-            ref_lp, _, _ = ref.logprobs(ids, attn, select=mask > 0, state=state)
         n = mask.shape[1]
         for k, x in (("mask", mask), ("lp", lp), ("ref", ref_lp), ("v", v)):
             full[k][g, :n] = x.float()
@@ -1208,8 +1209,8 @@ def expected_item_loss(
 ) -> torch.Tensor:
     """``-mean_s sum_a pi_old(a|s) min(rho A, clip(rho, 1 - clip, 1 + clip) A)`` over [n, I]
     log-probs (banned items: -inf in both, contribute nothing)."""
-    diff = torch.where(ban, torch.zeros_like(logp), logp - torch.where(ban, torch.zeros_like(old), old))
-    ratio = diff.exp()
+    # where() sends no gradient into the banned entries' -inf - -inf = nan
+    ratio = torch.where(ban, torch.zeros_like(logp), logp - old).exp()
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
     p_old = torch.where(ban, torch.zeros_like(old), old.exp())
     return -(p_old * surr).sum(-1).mean()
