@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,14 @@ KS = (1, 10, 50)
 
 @dataclass
 class Sample:
-    """A ranking sample: the prompt, one ground-truth item, the items already mentioned."""
+    """A ranking sample: the prompt, one ground-truth item, the items already mentioned, and the
+    group it belongs to (its synthetic user or ReDial dialogue): samples of one group share a
+    context, so confidence intervals resample groups, not samples."""
 
     prompt: str
     target: str
     mentioned: list[str]
+    group: str = ""
 
 
 def synthetic_samples(catalog: Catalog, seeds: Sequence[int], pool: Sequence[str] | None = None) -> list[Sample]:
@@ -38,23 +41,17 @@ def synthetic_samples(catalog: Catalog, seeds: Sequence[int], pool: Sequence[str
     for s in seeds:
         first = user.reset(s)
         for t in sorted(user.targets):
-            out.append(Sample(prompt([Turn("user", first)], catalog), t, list(user.liked)))
+            out.append(Sample(prompt([Turn("user", first)], catalog), t, list(user.liked), f"user-{s}"))
     return out
 
 
 def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool) -> list[Sample]:
     """One sample per ground-truth movie of each recommender turn (``rec_samples``)."""
     return [
-        Sample(prompt(s.context, catalog), s.targets[0], s.mentioned)
+        Sample(prompt(s.context, catalog), s.targets[0], s.mentioned, s.dialogue_id)
         for s in rec_samples(dialogues, dedup=dedup)
         if s.targets[0] in catalog
     ]
-
-
-def redial_groups(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool) -> list[int]:
-    """For each sample of :func:`redial_samples` (same arguments, same order), the index of the
-    dialogue it comes from: the clusters of a dialogue-level bootstrap."""
-    return [j for j, d in enumerate(dialogues) for _ in redial_samples([d], catalog, dedup=dedup)]
 
 
 class TrunkCache:
@@ -222,7 +219,7 @@ def bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n: int = 1000, see
 
 
 def cluster_bootstrap_diff(
-    a: Sequence[float], b: Sequence[float], groups: Sequence[int], *, n: int = 1000, seed: int = 0
+    a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable], *, n: int = 1000, seed: int = 0
 ) -> dict[str, float]:
     """Paired bootstrap of mean(b - a) that resamples whole groups (e.g. the samples of one
     dialogue, which are not independent): each replicate draws as many groups as there are, with
@@ -232,7 +229,7 @@ def cluster_bootstrap_diff(
         raise ValueError(
             f"cluster_bootstrap_diff: a, b and groups differ in length ({len(a)}, {len(b)}, {len(groups)})"
         )
-    sums: dict[int, list[float]] = {}
+    sums: dict[Hashable, list[float]] = {}
     for x, y, g in zip(a, b, groups, strict=True):
         acc = sums.setdefault(g, [0.0, 0.0])
         acc[0] += y - x

@@ -350,7 +350,6 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     encoder = encoder or SentenceEncoder()
     scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
     redial = None
-    groups: list[int] = []  # the ReDial test dialogue of each ranking sample
     if data.redial_test:  # the samples and contexts are the same for every policy
         std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)
         ded_s = E.redial_samples(data.redial_test, data.catalog, dedup=True)
@@ -361,7 +360,6 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             for i, t in enumerate(d.turns)
             if t.role == "system" and t.items and i > 0
         ]
-        groups = E.redial_groups(data.redial_test, data.catalog, dedup=False)
         redial = (std_s, ded_s, k, prompts)
     seeds = [E.synthetic_seed(cfg, cfg.eval_offset + i, "eval") for i in range(cfg.eval_users)]
     samples = E.synthetic_samples(data.catalog, seeds, data.pool)
@@ -397,20 +395,20 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
             result[name] = res
             advance(name)
     if "sft" in per and "ppo" in per:
+        # satisfaction: one value per user; recalls: the samples of one user (1-3 targets) or one
+        # ReDial dialogue share a context, so whole users / dialogues are resampled
+        def recall_diff(key: str, groups: list[str]) -> dict[str, float]:
+            return E.cluster_bootstrap_diff(per["sft"][key], per["ppo"][key], groups, n=cfg.bootstrap, seed=cfg.seed)
+
         result["ppo_vs_sft"] = {
-            k: E.bootstrap_diff(per["sft"][k], per["ppo"][k], n=cfg.bootstrap, seed=cfg.seed)
-            for k in ("satisfaction", "recall@10")
+            "satisfaction": E.bootstrap_diff(
+                per["sft"]["satisfaction"], per["ppo"]["satisfaction"], n=cfg.bootstrap, seed=cfg.seed
+            ),
+            "recall@10": recall_diff("recall@10", [x.group for x in samples]),
         }
-        if "redial_recall@1" in per["sft"] and "redial_recall@1" in per["ppo"]:
-            result["redial_ppo_vs_sft"] = {  # samples of one dialogue are resampled together
-                f"recall@{k}": E.cluster_bootstrap_diff(
-                    per["sft"][f"redial_recall@{k}"],
-                    per["ppo"][f"redial_recall@{k}"],
-                    groups,
-                    n=cfg.bootstrap,
-                    seed=cfg.seed,
-                )
-                for k in E.KS
+        if redial is not None and "redial_recall@1" in per["sft"] and "redial_recall@1" in per["ppo"]:
+            result["redial_ppo_vs_sft"] = {
+                f"recall@{c}": recall_diff(f"redial_recall@{c}", [x.group for x in redial[0]]) for c in E.KS
             }
     kl_rows = Tracker(out).rows("ppo")
     if kl_rows:
@@ -474,7 +472,8 @@ def report(result: dict) -> str:
     if "ppo_vs_sft" in result:
         lines.append("")
         for k, v in result["ppo_vs_sft"].items():
-            lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f})")
+            whole = f", {v['groups']} users resampled whole" if "groups" in v else ""
+            lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}{whole})")
     if "redial_ppo_vs_sft" in result:
         for k, v in result["redial_ppo_vs_sft"].items():
             lines.append(

@@ -136,6 +136,7 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
         diffs = result["redial_ppo_vs_sft"]
         assert set(diffs) == {"recall@1", "recall@10", "recall@50"}
         assert all(d["lo"] <= d["diff"] <= d["hi"] and d["groups"] > 1 for d in diffs.values())
+    assert result["ppo_vs_sft"]["recall@10"]["groups"] == 64  # the quick run's held-out users, resampled whole
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
     assert (out / "plots" / "eval.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
@@ -219,20 +220,27 @@ def test_cluster_bootstrap_resamples_whole_dialogues():
         E.cluster_bootstrap_diff(a, b[:-1], list(range(40)))
 
 
-def test_redial_groups_follow_the_samples(tmp_path):
+def test_sample_groups_are_their_dialogue_or_user(tmp_path):
     from crs_fast.crs import generate_catalog, load_redial, write_synthetic_redial
 
     catalog = generate_catalog(60, seed=1)
     dialogues = list(load_redial(write_synthetic_redial(catalog, 12, tmp_path / "d.jsonl", seed=2)))
+    index = {d.id: j for j, d in enumerate(dialogues)}
     for dedup in (False, True):
         samples = E.redial_samples(dialogues, catalog, dedup=dedup)
-        groups = E.redial_groups(dialogues, catalog, dedup=dedup)
+        groups = [index[s.group] for s in samples]
         assert len(groups) == len(samples) > len(dialogues) and groups == sorted(groups)
         for j, d in enumerate(dialogues):
             mine = [s for s, g in zip(samples, groups, strict=True) if g == j]
             assert [(s.prompt, s.target) for s in mine] == [
                 (s.prompt, s.target) for s in E.redial_samples([d], catalog, dedup=dedup)
             ]
+    # synthetic users: one sample per target (1-3), all of one user in one group
+    samples = E.synthetic_samples(catalog, [11, 12, 13, 14, 15, 16])
+    by_user: dict[str, set[str]] = {}
+    for s in samples:
+        by_user.setdefault(s.group, set()).add(s.prompt)
+    assert len(by_user) == 6 and len(samples) > 6 and all(len(p) == 1 for p in by_user.values())
 
 
 def test_eval_plot_with_and_without_redial(tmp_path):
