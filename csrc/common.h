@@ -97,17 +97,21 @@ template <> inline f16 from_float<f16>(double dv) {
 #endif
 
 // min / max / clamp as selects: they compile to vector min/max, where std::fmin/fmax are
-// libm calls (their NaN rules). A NaN operand yields the bound here.
-template <typename A> CRS_INLINE A vmin(A a, A b) { return a < b ? a : b; }
-template <typename A> CRS_INLINE A vmax(A a, A b) { return a > b ? a : b; }
+// libm calls (whose rule drops a NaN). Here a NaN first operand propagates, as torch.clamp and
+// torch.minimum do: vclamp(NaN, lo, hi) is NaN, never a bound.
+template <typename A> CRS_INLINE A vmin(A a, A b) { return b < a ? b : a; }
+template <typename A> CRS_INLINE A vmax(A a, A b) { return b > a ? b : a; }
 template <typename A> CRS_INLINE A vclamp(A x, A lo, A hi) { return vmin(vmax(x, lo), hi); }
+// min / max that are NaN when either operand is (torch.minimum / torch.maximum), as selects.
+template <typename A> CRS_INLINE A nan_min(A a, A b) { return a < b ? a : (b <= a ? b : a + b); }
+template <typename A> CRS_INLINE A nan_max(A a, A b) { return a > b ? a : (b >= a ? b : a + b); }
 
 // Accumulation type: double for double inputs, float otherwise.
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // exp that GCC vectorises (Cephes-style range reduction and polynomial, ~2 ulp);
-// exact 0 below the float range, so -inf logits give 0.
+// exact 0 below the float range, so -inf logits give 0; NaN gives NaN.
 CRS_INLINE float fast_exp(float x) {
   const float xc = vclamp(x, -87.0f, 88.0f);
   // round to nearest by adding and subtracting 1.5 * 2^23 (std::floor would not vectorise)
@@ -125,6 +129,9 @@ CRS_INLINE float fast_exp(float x) {
   const float scale = std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
   return x < -87.0f ? 0.0f : p * scale;
 }
+// x * e for an entropy term e = exp(x): 0 where e is 0 (x = -inf, a masked logit), so that
+// p log p = 0 at p = 0; NaN still propagates.
+template <typename A> CRS_INLINE A xlogx_term(A e, A x) { return e == A(0) ? A(0) : e * x; }
 CRS_INLINE double fast_exp(double x) { return std::exp(x); }
 
 // Threads for `work` elements: one below 64K elements, where a parallel region's start and

@@ -27,22 +27,102 @@ def report(stats: LoadStats, where: str, reason: str, on_error: str) -> None:
     stats.skip_reasons.append(f"{where}: {reason}")
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def decode_line(raw: bytes, lineno: int) -> str:
+    """A line of UTF-8 text (a BOM on line 1 is dropped); raises Problem on other encodings."""
+    if lineno == 1:
+        if raw.startswith(_UTF16_BOMS):
+            raise Problem("the file is UTF-16 text; save it as UTF-8")
+        raw = raw.removeprefix(_UTF8_BOM)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem(f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``; raises Problem on invalid or too deeply nested JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise Problem("JSON nested too deeply to read") from None
+
+
 def jsonl_records(path: pathlib.Path, stats: LoadStats, on_error: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(location "file:line", object) for each non-empty line that is a JSON object."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    """(location "file:line", object) for each non-empty line that is a JSON object. Lines that
+    are not UTF-8 text, not JSON or not an object are errors of that line (raised or skipped)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                report(stats, where, f"invalid JSON ({exc.msg} at column {exc.colno})", on_error)
+                line = decode_line(raw, lineno)
+                if not line.strip():
+                    continue
+                obj = parse_json(line)
+            except Problem as exc:
+                report(stats, where, str(exc), on_error)
                 continue
             if not isinstance(obj, dict):
                 report(stats, where, f"expected a JSON object, got {type(obj).__name__}", on_error)
                 continue
             yield where, obj
+
+
+def read_text(path: str | pathlib.Path) -> str:
+    """A whole UTF-8 text file (BOM dropped); DataError naming the file on other encodings."""
+    raw = pathlib.Path(path).read_bytes()
+    if raw.startswith(_UTF16_BOMS):
+        raise DataError(f"{path}: the file is UTF-16 text; save it as UTF-8")
+    try:
+        return raw.removeprefix(_UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+def read_json(path: str | pathlib.Path, kind: type | tuple[type, ...], what: str) -> Any:
+    """A whole JSON file whose top level is ``kind``; DataError naming the file (and line) when it
+    is empty, truncated, not JSON or of another type. ``what`` says what it should hold."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; expected {what}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); expected {what}"
+        ) from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(value, kind):
+        raise DataError(f"{path}: expected {what}, got a JSON {type(value).__name__}")
+    return value
+
+
+def str_list(value: Any, what: str) -> list[str]:
+    """A list of strings or numbers as strings; Problem for anything else (a bare string would
+    otherwise be read as its characters)."""
+    if not isinstance(value, list) or not all(
+        isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in value
+    ):
+        raise Problem(f"{what} must be a list of strings, got {type(value).__name__} {str(value)[:40]!r}")
+    return [str(x) for x in value]
+
+
+def integer(value: Any, what: str) -> int:
+    """An integer label: a JSON int (or a float with no fraction); Problem for anything else."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+    ):
+        raise Problem(f"{what} must be an integer, got {value!r}")
+    return int(value)
 
 
 def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:

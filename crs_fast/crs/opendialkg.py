@@ -9,13 +9,13 @@ Knowledge-graph walks (``kgwalk/choose_path`` actions) are kept in the next chat
 """
 
 import csv
-import json
+import io
 import pathlib
 import re
 import unicodedata
 from typing import Any
 
-from ._reading import Problem, check_mode, field, jsonl_records, report
+from ._reading import Problem, check_mode, field, jsonl_records, parse_json, read_json, read_text, report, str_list
 from .schema import Catalog, DataError, Dialogue, DialogueSet, Item, LoadStats, Turn, normalize_title
 
 FUZZY_CUTOFF = 90.0
@@ -61,22 +61,23 @@ class TitleLinker:
 def load_opendialkg_catalog(item_info: str | pathlib.Path, item_ids: str | pathlib.Path | None = None) -> Catalog:
     """Items of ``item_info.json`` (restricted to ``item_ids.json`` when given) with actor,
     director, genre, language, writer and year attributes."""
-    with open(item_info, encoding="utf-8") as f:
-        info = json.load(f)
+    info = read_json(item_info, dict, "an object of item id -> attributes")
     keep = None
     if item_ids is not None:
-        with open(item_ids, encoding="utf-8") as f:
-            keep = {str(i) for i in json.load(f)}
+        keep = {str(i) for i in read_json(item_ids, list, "a list of item ids")}
     items = []
     for key, meta in info.items():
         if keep is not None and str(key) not in keep:
             continue
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
             raise DataError(f"{item_info}: item {key!r} has no name")
-        attrs = {
-            k: list(dict.fromkeys(str(x) for x in meta.get(k, [])))
-            for k in ("actor", "director", "genre", "language", "writer")
-        }
+        try:
+            attrs = {
+                k: list(dict.fromkeys(str_list(meta.get(k, []), repr(k))))
+                for k in ("actor", "director", "genre", "language", "writer")
+            }
+        except Problem as exc:
+            raise DataError(f"{item_info}: item {key!r}: {exc}") from None
         attrs["year"] = [str(meta["year"])] if meta.get("year") else []
         items.append(Item(str(key), meta["name"], attrs))
     return Catalog(items, source=str(item_info))
@@ -107,25 +108,36 @@ def _turn_record(obj: dict[str, Any], linker: TitleLinker | None, stats: LoadSta
     return Dialogue(f"{dialog_id}:{turn_id}", turns, {}, source="opendialkg")
 
 
-def _rating(value: Any, name: str) -> dict[str, int]:
+def _rating(value: Any, name: str, stats: LoadStats, where: str) -> dict[str, int]:
+    """The integer ratings of a JSON object; non-integer values are dropped, counted in
+    ``stats.dropped_ratings`` and listed in ``stats.notes``."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise Problem(f"{name} is not valid JSON ({exc.msg})") from exc
+            value = parse_json(value)
+        except Problem as exc:
+            raise Problem(f"{name}: {exc}") from None
     if not isinstance(value, dict):
         raise Problem(f"{name} must be a JSON object")
-    return {k: int(v) for k, v in value.items() if str(v).strip().lstrip("-").isdigit()}
+    out = {}
+    for k, v in value.items():
+        if str(v).strip().lstrip("-").isdigit():
+            out[k] = int(v)
+        else:
+            stats.dropped_ratings += 1
+            stats.notes.append(f"{where}: {name} {k!r} = {v!r} is not an integer rating; dropped")
+    return out
 
 
-def _session(row: dict[str, Any], index: int, linker: TitleLinker | None, stats: LoadStats) -> Dialogue:
+def _session(row: dict[str, Any], index: int, linker: TitleLinker | None, stats: LoadStats, where: str) -> Dialogue:
+    if not isinstance(row, dict):
+        raise Problem(f"a session row must be an object, got {type(row).__name__}")
     raw = row.get("Messages")
     if raw is None:
         raise Problem("missing field 'Messages'")
     try:
-        messages = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError as exc:
-        raise Problem(f"'Messages' is not valid JSON ({exc.msg})") from exc
+        messages = parse_json(raw) if isinstance(raw, str) else raw
+    except Problem as exc:
+        raise Problem(f"'Messages' is not valid JSON: {exc}") from None
     if not isinstance(messages, list):
         raise Problem("'Messages' must be a list")
     turns: list[Turn] = []
@@ -137,7 +149,10 @@ def _session(row: dict[str, Any], index: int, linker: TitleLinker | None, stats:
         role = "user" if sender == "user" else "system"
         if msg["type"] == "action":
             if msg.get("action_id") == "kgwalk/choose_path":
-                pending.setdefault(role, []).append(msg.get("metadata", {}).get("path"))
+                meta = msg.get("metadata", {})
+                if not isinstance(meta, dict):
+                    raise Problem(f"Messages[{k}]['metadata'] must be an object, got {type(meta).__name__}")
+                pending.setdefault(role, []).append(meta.get("path"))
             else:  # meta_thread/send_meta_message and other actions carry no dialogue content
                 stats.skipped_actions += 1
             continue
@@ -160,8 +175,8 @@ def _session(row: dict[str, Any], index: int, linker: TitleLinker | None, stats:
             turns.append(Turn(role, text, items, meta={"kg_paths": paths, "messages": 1}))
     stats.messages += sum(1 for m in messages if m.get("type") == "chat")
     ratings = {
-        "user": _rating(row.get("User Rating", "{}"), "'User Rating'"),
-        "assistant": _rating(row.get("Assistant Rating", "{}"), "'Assistant Rating'"),
+        "user": _rating(row.get("User Rating", "{}"), "'User Rating'", stats, where),
+        "assistant": _rating(row.get("Assistant Rating", "{}"), "'Assistant Rating'", stats, where),
     }
     return Dialogue(f"session-{index}", turns, ratings, source="opendialkg")
 
@@ -185,12 +200,16 @@ def load_opendialkg(
     else:
         raise ValueError(f"`path` must end in .jsonl, .json or .csv, got {path.name!r}")
     items: set[str] = set()
+    first_seen: dict[str, str] = {}
     for n, (where, obj, parse) in enumerate(records, 1):
         try:
-            dialogue = parse(obj, linker, stats) if parse is _turn_record else parse(obj, n, linker, stats)
+            dialogue = parse(obj, linker, stats) if parse is _turn_record else parse(obj, n, linker, stats, where)
+            if dialogue.id in first_seen:
+                raise Problem(f"duplicate dialogue id {dialogue.id!r} (first at {first_seen[dialogue.id]})")
         except Problem as exc:
             report(stats, where, str(exc), on_error)
             continue
+        first_seen[dialogue.id] = where
         out.append(dialogue)
         stats.turns += len(dialogue.turns)
         for turn in dialogue.turns:
@@ -201,14 +220,8 @@ def load_opendialkg(
 
 
 def _rows(path: pathlib.Path) -> list[dict[str, Any]]:
+    """Session rows of a whole-file format; a file that cannot be read at all raises DataError
+    in either error mode (there is no record to skip)."""
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    with open(path, encoding="utf-8") as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON list of session rows")
-    return rows
+        return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+    return read_json(path, list, "a JSON list of session rows")

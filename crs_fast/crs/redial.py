@@ -10,12 +10,12 @@ are counted as unresolved. HTML entities are unescaped; titles have their spaces
 
 import csv
 import html
-import json
+import io
 import pathlib
 import re
 from typing import Any
 
-from ._reading import Problem, check_mode, field, jsonl_records, report
+from ._reading import Problem, check_mode, field, integer, jsonl_records, read_json, read_text, report, str_list
 from .schema import Catalog, DataError, Dialogue, DialogueSet, Item, LoadStats, Turn
 
 _MENTION = re.compile(r"@(\d+)")
@@ -37,7 +37,11 @@ def _questions(obj: dict[str, Any], name: str) -> dict[str, dict[str, int]]:
     for movie, labels in value.items():
         if not isinstance(labels, dict):
             raise Problem(f"field {name!r}[{movie!r}] must be an object of suggested/seen/liked")
-        out[str(movie)] = {k: int(v) for k, v in labels.items() if k in ("suggested", "seen", "liked")}
+        out[str(movie)] = {
+            k: integer(v, f"field {name!r}[{movie!r}][{k!r}]")
+            for k, v in labels.items()
+            if k in ("suggested", "seen", "liked")
+        }
     return out
 
 
@@ -107,12 +111,16 @@ def load_redial(path: str | pathlib.Path, *, on_error: str = "raise") -> Dialogu
     stats = LoadStats(file=str(path))
     out = DialogueSet(stats=stats)
     items: set[str] = set()
+    first_seen: dict[str, str] = {}
     for where, obj in jsonl_records(path, stats, on_error):
         try:
             dialogue = _parse(obj, stats)
+            if dialogue.id in first_seen:
+                raise Problem(f"duplicate conversationId {dialogue.id!r} (first at {first_seen[dialogue.id]})")
         except Problem as exc:
             report(stats, where, str(exc), on_error)
             continue
+        first_seen[dialogue.id] = where
         out.append(dialogue)
         stats.turns += len(dialogue.turns)
         for turn in dialogue.turns:
@@ -124,33 +132,55 @@ def load_redial(path: str | pathlib.Path, *, on_error: str = "raise") -> Dialogu
 
 def load_redial_catalog(movies_csv: str | pathlib.Path, movie_info_json: str | pathlib.Path | None = None) -> Catalog:
     """The ReDial movies (``movieId,movieName,nbMentions``) with genre/director/star/writer/plot/year
-    attributes from ``movie_info.json`` where it has the movie."""
+    attributes from ``movie_info.json`` where it has the movie. A malformed file (not UTF-8, not
+    JSON, a duplicate ``movieId``, an attribute that is not a list of strings) raises
+    :class:`DataError` naming the file and the row or movie."""
     info: dict[str, Any] = {}
     if movie_info_json is not None:
-        with open(movie_info_json, encoding="utf-8") as f:
-            info = json.load(f)
+        info = read_json(movie_info_json, dict, "an object of movie id -> attributes")
     items = []
-    with open(movies_csv, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"movieId", "movieName"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{movies_csv}:1: missing columns {sorted(missing)}")
-        for row_no, row in enumerate(reader, 2):
-            if not row["movieId"] or row["movieName"] is None:
-                raise DataError(f"{movies_csv}:{row_no}: empty movieId or movieName")
-            title = clean_title(row["movieName"])
-            meta = info.get(row["movieId"], {})
-            attrs = {k: [str(x) for x in meta.get(k, [])] for k in ("genre", "director", "star", "writer")}
-            year = _YEAR.search(title)
-            attrs["year"] = [year.group(1)] if year else []
-            if meta.get("plot"):
-                attrs["plot"] = [str(meta["plot"])]
-            items.append(Item(row["movieId"], title, attrs))
+    first_row: dict[str, int] = {}
+    for row_no, row in _csv_rows(movies_csv, ("movieId", "movieName")):
+        if not row["movieId"] or row["movieName"] is None:
+            raise DataError(f"{movies_csv}:{row_no}: empty movieId or movieName")
+        if row["movieId"] in first_row:
+            first = first_row[row["movieId"]]
+            raise DataError(f"{movies_csv}:{row_no}: duplicate movieId {row['movieId']!r} (first at row {first})")
+        first_row[row["movieId"]] = row_no
+        title = clean_title(row["movieName"])
+        meta = info.get(row["movieId"], {})
+        try:
+            if not isinstance(meta, dict):
+                raise Problem(f"must be an object, got {type(meta).__name__}")
+            attrs = {k: str_list(meta.get(k, []), repr(k)) for k in ("genre", "director", "star", "writer")}
+            if meta.get("plot") is not None and not isinstance(meta["plot"], str):
+                raise Problem(f"'plot' must be a string, got {type(meta['plot']).__name__}")
+        except Problem as exc:
+            raise DataError(f"{movie_info_json}: movie {row['movieId']!r}: {exc}") from None
+        year = _YEAR.search(title)
+        attrs["year"] = [year.group(1)] if year else []
+        if meta.get("plot"):
+            attrs["plot"] = [meta["plot"]]
+        items.append(Item(row["movieId"], title, attrs))
     return Catalog(items, source=str(movies_csv))
+
+
+def _csv_rows(path: str | pathlib.Path, required: tuple[str, ...]):
+    """(row number, row) of a UTF-8 CSV file (a BOM is dropped) that has the ``required`` columns."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    missing = set(required) - set(reader.fieldnames or [])
+    if missing:
+        raise DataError(f"{path}:1: missing columns {sorted(missing)} (found {reader.fieldnames})")
+    return enumerate(reader, 2)
 
 
 def most_mentioned(movies_csv: str | pathlib.Path, n: int) -> list[str]:
     """Ids of the ``n`` movies mentioned most often in ReDial (``nbMentions``; ties by id)."""
-    with open(movies_csv, encoding="utf-8", newline="") as f:
-        rows = [(r["movieId"], int(r.get("nbMentions") or 0)) for r in csv.DictReader(f)]
+    rows = []
+    for row_no, r in _csv_rows(movies_csv, ("movieId",)):
+        try:
+            rows.append((r["movieId"], int(r.get("nbMentions") or 0)))
+        except ValueError:
+            got = r.get("nbMentions")
+            raise DataError(f"{movies_csv}:{row_no}: nbMentions must be an integer, got {got!r}") from None
     return [i for i, _ in sorted(rows, key=lambda r: (-r[1], r[0]))[:n]]

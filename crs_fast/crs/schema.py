@@ -114,8 +114,10 @@ class LoadStats:
     linked_titles: int = 0
     unlinked_titles: int = 0
     skipped_actions: int = 0
+    dropped_ratings: int = 0
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # values dropped inside records that were kept
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON and tables)."""

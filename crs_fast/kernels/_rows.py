@@ -14,7 +14,7 @@ def finish_gae(adv: torch.Tensor, m: torch.Tensor, mode: str, whiten: bool, dtyp
     if whiten:
         adv = reference.standardize(adv, mf, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
     if mode == "trl":
-        adv = adv * mf
+        adv = torch.where(m != 0, adv, 0.0)
     return adv.to(dtype)
 
 

@@ -50,11 +50,13 @@ def nthreads() -> int:
 
 
 def as_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Contiguous bytes whose nonzero entries are the mask's: bool and 8-bit masks are viewed as
-    they are (the kernels test ``!= 0``), other dtypes compared with 0."""
+    """Row-major contiguous bytes whose nonzero entries are the mask's, for kernels that index
+    ``mask[b * T + t]``: bool and 8-bit masks are viewed as they are (the kernels test ``!= 0``),
+    other dtypes compared with 0. Any layout is accepted (transposed, strided, expanded): the
+    comparison keeps its input's strides, so the result is made contiguous after it."""
     if mask.dtype in (torch.bool, torch.uint8, torch.int8):
         return mask.contiguous().view(torch.uint8)
-    return mask.ne(0).view(torch.uint8)
+    return mask.ne(0).contiguous().view(torch.uint8)
 
 
 # Ops with Triton kernels (crs_fast/kernels/triton) and CUDA C++ kernels (csrc/<op>/<op>_cuda.cu,

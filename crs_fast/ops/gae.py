@@ -204,7 +204,7 @@ def group_advantages(
         adv = call(_group_op, scores, group_ids, mode, eps, bool(norm_by_std), be)
     if mask is None:
         return adv
-    return adv.unsqueeze(-1) * mask.ne(0).to(adv.dtype)
+    return torch.where(mask.ne(0), adv.unsqueeze(-1), torch.zeros((), dtype=adv.dtype, device=adv.device))
 
 
 __all__ = ["gae", "group_advantages", "masked_whiten", "reinforce_returns"]

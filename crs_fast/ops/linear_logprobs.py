@@ -87,6 +87,9 @@ def _llp_bwd_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     y = labels.to(torch.int64).contiguous()
+    ignored = y == ignore_index
+    if bool(ignored.any()):  # d weight sums over rows: an ignored row's hidden state (NaN, say) must not enter it
+        hidden = torch.where(ignored[:, None], torch.zeros((), dtype=hidden.dtype, device=hidden.device), hidden)
     if backend == "triton":
         from ..kernels.triton import linear_logprobs as tk
 

@@ -187,7 +187,8 @@ def _value_op(
     agg: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
+    v, ret, m = values.contiguous(), returns.contiguous(), as_mask(mask)
+    old = v if clip is None else old_values.contiguous()  # unclipped: old_values is never read
     B, T = v.shape
     if backend in ("triton", "cuda"):
         tk = gpu_kernels(backend, "ppo_loss")
@@ -215,7 +216,8 @@ def _value_bwd_op(
     agg: str,
     backend: str,
 ) -> torch.Tensor:
-    v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
+    v, ret, m = values.contiguous(), returns.contiguous(), as_mask(mask)
+    old = v if clip is None else old_values.contiguous()
     if backend in ("triton", "cuda"):
         tk = gpu_kernels(backend, "ppo_loss")
 

@@ -2,6 +2,15 @@
 ``"torch"`` backend. Written for clarity, not speed. Math runs in ``compute`` dtype (float32 by
 default, float64 for float64 inputs); results come back in the dtype each op documents.
 Semantics: ``shared/docs/DESIGN.md`` ("The ops and their exact semantics").
+
+Non-finite values follow one rule in every op (and every backend is tested against it): a value
+at a position the mask excludes never reaches another position, an aggregate or a gradient
+(masks select with ``where``, never multiply: ``NaN * 0`` is NaN), while a NaN or inf at an
+included position propagates to what depends on it, as IEEE arithmetic does. Elementwise outputs
+at an excluded position itself still follow their formula (whitening transforms every element;
+GAE's returns are ``A + V`` everywhere, as verl and OpenRLHF define them). TRL's GAE convention
+reads the rewards at every position (TRL masks only its values): its rewards are not excluded.
+Ops documented as non-differentiable return tensors that do not require grad.
 """
 
 from __future__ import annotations
@@ -21,25 +30,49 @@ def _cdt(x: torch.Tensor, compute: torch.dtype | None) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _where(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x`` where the mask ``m`` is nonzero, else 0 (a select: a NaN outside the mask is dropped)."""
+    return torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``min(max(x, lo), hi)`` as selects: NaN stays NaN and its gradient flows (torch.clamp's
+    gradient is 0 at NaN, which would hide it), as in the kernels."""
+    return torch.where(x < lo, lo, torch.where(x > hi, hi, x))
+
+
 def last_valid(mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last nonzero mask entry, -1 for an empty row (int64 [B])."""
     pos = torch.arange(mask.shape[1], device=mask.device)
     return torch.where(mask != 0, pos, torch.full_like(pos, -1)).max(dim=1).values
 
 
-def standardize(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
-    """(x - mean) * rsqrt(var + 1e-8) over the mask (clamp_eps: rsqrt(max(var, 1e-8)))."""
-    n = m.sum()
+def whiten_stats(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> tuple[torch.Tensor, ...]:
+    """(mean, rsqrt(var + 1e-8)) of ``x`` over ``m != 0`` (clamp_eps: rsqrt(max(var, 1e-8))), in
+    float64 as the kernels accumulate them (float32 squares overflow from |x| ~ 2e19); an empty
+    mask gives (0, 1)."""
+    x64, keep = x.double(), m != 0
+    n = keep.sum().double()
     if n == 0:
-        return x.clone()
-    mean = (x * m).sum() / n
-    var = ((x - mean) ** 2 * m).sum() / n
+        return x64.new_zeros(()), x64.new_ones(())
+    mean = _where(keep, x64).sum() / n
+    var = _where(keep, (x64 - mean) ** 2).sum() / n
     if unbiased and n > 1:
         var = var * n / (n - 1)
     rstd = torch.rsqrt(var.clamp(min=1e-8)) if clamp_eps else torch.rsqrt(var + 1e-8)
-    return (x - mean) * rstd
+    return mean, rstd
 
 
+def standardize(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
+    """(x - mean) * rsqrt(var + 1e-8) over the mask (clamp_eps: rsqrt(max(var, 1e-8))), every
+    element transformed, in ``x``'s dtype; an empty mask returns ``x``."""
+    if not bool((m != 0).any()):
+        return x.clone()
+    mean, rstd = whiten_stats(x, m, unbiased=unbiased, clamp_eps=clamp_eps)
+    return (x - mean.to(x.dtype)) * rstd.to(x.dtype)
+
+
+@torch.no_grad()
 def gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -53,13 +86,13 @@ def gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE by its definition, a Python loop over t: (advantages, returns) in the input dtype."""
     dt = _cdt(rewards, compute)
-    r, v, m = rewards.to(dt), values.to(dt), mask.ne(0).to(dt)
+    r, v, m = rewards.to(dt), values.to(dt), mask.ne(0)
     B, T = r.shape
     if mode == "trl":
         pos = torch.arange(T, device=r.device)
-        v = v * (pos[None, :] <= last_valid(m)[:, None]).to(dt)
+        v = _where(pos[None, :] <= last_valid(m)[:, None], v)
     elif mode == "openrlhf":
-        v, r = v * m, r * m
+        v, r = _where(m, v), _where(m, r)
     next_v = torch.zeros(B, dtype=dt, device=r.device)
     last_a = torch.zeros(B, dtype=dt, device=r.device)
     adv = torch.zeros_like(r)
@@ -67,8 +100,8 @@ def gae(
         a_t = r[:, t] + gamma * next_v - v[:, t] + gamma * lam * last_a
         if mode == "verl":
             keep = m[:, t]
-            next_v = v[:, t] * keep + next_v * (1 - keep)
-            last_a = a_t * keep + last_a * (1 - keep)
+            next_v = torch.where(keep, v[:, t], next_v)
+            last_a = torch.where(keep, a_t, last_a)
         else:
             next_v, last_a = v[:, t], a_t
         adv[:, t] = last_a
@@ -76,10 +109,11 @@ def gae(
     if whiten:
         adv = standardize(adv, m, unbiased=mode != "openrlhf", clamp_eps=mode == "openrlhf")
     if mode == "trl":
-        adv = adv * m
+        adv = _where(m, adv)
     return adv.to(rewards.dtype), ret.to(rewards.dtype)
 
 
+@torch.no_grad()
 def masked_whiten(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -90,19 +124,20 @@ def masked_whiten(
 ) -> torch.Tensor:
     """(x - mean) * rsqrt(var + 1e-8) with mean and var over the mask; the mean re-added if not shift_mean."""
     dt = _cdt(values, compute)
-    x, m = values.to(dt), mask.ne(0).to(dt)
+    x, m = values.to(dt), mask.ne(0)
     out = standardize(x, m, unbiased=unbiased, clamp_eps=False)
-    if not shift_mean and m.sum() > 0:
-        out = out + (x * m).sum() / m.sum()
+    if not shift_mean and bool(m.any()):
+        out = out + whiten_stats(x, m, unbiased=unbiased, clamp_eps=False)[0].to(dt)
     return out.to(values.dtype)
 
 
+@torch.no_grad()
 def reinforce_returns(
     rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float, compute: torch.dtype | None = None
 ) -> torch.Tensor:
     """G_t = m_t * r_t + gamma * G_{t+1}, G_T = 0."""
     dt = _cdt(rewards, compute)
-    r = rewards.to(dt) * mask.ne(0).to(dt)
+    r = _where(mask, rewards.to(dt))
     g = torch.zeros(r.shape[0], dtype=dt, device=r.device)
     out = torch.zeros_like(r)
     for t in reversed(range(r.shape[1])):
@@ -111,6 +146,7 @@ def reinforce_returns(
     return out.to(rewards.dtype)
 
 
+@torch.no_grad()
 def group_advantages(
     scores: torch.Tensor,
     group_ids: torch.Tensor,
@@ -162,11 +198,26 @@ def kl_penalty(
     if clamp is not None:
         val = val.clamp(min=-clamp, max=clamp)
     if kind.endswith("+"):
-        k2 = 0.5 * d.square()
-        val = k2 - k2.detach() + val.detach()
+        val = _StraightThrough.apply(val, d)
     return val.to(logp.dtype)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Value ``val``, gradient ``d`` (that of k2 = d^2 / 2): verl's straight-through KL. Written
+    as a Function, not ``k2 - k2.detach() + val.detach()``, which is NaN for an infinite ``d``."""
+
+    @staticmethod
+    def forward(ctx, val, d):  # type: ignore[override]
+        ctx.save_for_backward(d)
+        return val.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (d,) = ctx.saved_tensors
+        return None, grad * d
+
+
+@torch.no_grad()
 def token_rewards(
     scores: torch.Tensor,
     kl: torch.Tensor,
@@ -179,7 +230,7 @@ def token_rewards(
     """r_t = -beta * kl_t * m_t, plus the (clipped) score at the last token with m = 1."""
     dt = _cdt(kl, compute)
     m = mask.ne(0)
-    r = -beta * kl.to(dt) * m.to(dt)
+    r = _where(m, -beta * kl.to(dt))
     s = scores.to(dt)
     if clip is not None:
         s = s.clamp(min=clip[0], max=clip[1])
@@ -190,15 +241,16 @@ def token_rewards(
 
 
 def aggregate(loss_mat: torch.Tensor, m: torch.Tensor, agg: str) -> torch.Tensor:
-    """Aggregate a [B, T] loss over the mask; empty masks give 0."""
+    """Aggregate a [B, T] loss over the mask; empty masks give 0 (still a function of the loss,
+    with gradient 0)."""
+    m = (m != 0).to(loss_mat.dtype)
     tokens_per_row = m.sum(dim=-1)
     rows = (tokens_per_row > 0).to(loss_mat.dtype).sum()
-    row_sum = (loss_mat * m).sum(dim=-1)
+    row_sum = _where(m, loss_mat).sum(dim=-1)
     if agg == "token-mean":
-        n = m.sum()
-        return (loss_mat * m).sum() / n if n > 0 else loss_mat.new_zeros(())
+        return row_sum.sum() / m.sum().clamp(min=1)
     if rows == 0:
-        return loss_mat.new_zeros(())
+        return row_sum.sum()
     if agg == "seq-mean-token-mean":
         return (row_sum / tokens_per_row.clamp(min=1)).sum() / rows
     loss = row_sum.sum() / rows
@@ -206,8 +258,8 @@ def aggregate(loss_mat: torch.Tensor, m: torch.Tensor, agg: str) -> torch.Tensor
 
 
 def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    n = m.sum()
-    return (x * m).sum() / n if n > 0 else x.new_zeros(())
+    n = (m != 0).sum()
+    return _where(m, x).sum() / n if n > 0 else x.new_zeros(())
 
 
 def ppo_policy_loss(
@@ -224,12 +276,12 @@ def ppo_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO policy loss (optionally dual-clipped) and its statistics."""
     dt = _cdt(logp, compute)
-    lp, old, a = logp.to(dt), old_logp.to(dt), advantages.to(dt)
-    m = mask.ne(0).to(dt)
+    m = mask.ne(0)
+    lp, old, a = _where(m, logp.to(dt)), _where(m, old_logp.to(dt)), _where(m, advantages.to(dt))
     d = lp - old
-    ratio = torch.exp(torch.clamp(d, -20.0, 20.0))
+    ratio = torch.exp(clamp(d, -20.0, 20.0))
     l1 = -a * ratio
-    l2 = -a * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    l2 = -a * clamp(ratio, 1 - clip_low, 1 + clip_high)
     c1 = torch.maximum(l1, l2)
     if dual_clip is not None:
         l3 = -a * dual_clip
@@ -260,12 +312,13 @@ def ppo_value_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """0.5 * agg(max((v - R)^2, (clamp(v, v_old - eps, v_old + eps) - R)^2)) and the clip fraction."""
     dt = _cdt(values, compute)
-    v, old, R = values.to(dt), old_values.to(dt), returns.to(dt)
-    m = mask.ne(0).to(dt)
+    m = mask.ne(0)
+    v, R = _where(m, values.to(dt)), _where(m, returns.to(dt))
     l1 = (v - R) ** 2
-    if clip is None:
+    if clip is None:  # old_values is not read
         l2 = l1
     else:
+        old = _where(m, old_values.to(dt))
         vc = torch.max(torch.min(v, old + clip), old - clip)
         l2 = (vc - R) ** 2
     out = acc_dtype(values)
@@ -282,14 +335,16 @@ def token_logprobs(
     compute: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log softmax(z/tau)[y], entropy of softmax(z/tau)); ignored labels give 0 and 0.
+    Terms with p = 0 (-inf logits) add 0 to the entropy; a row with no finite logit gives NaN.
     Float32 results (float64 for float64 logits)."""
     dt = _cdt(logits, compute)
-    z = logits.to(dt) / temperature
-    logp = torch.log_softmax(z, dim=-1)
     keep = labels != ignore_index
-    safe = torch.where(keep, labels, torch.zeros_like(labels))
+    z = _where(keep.unsqueeze(-1), logits.to(dt)) / temperature  # ignored rows are never read
+    logp = torch.log_softmax(z, dim=-1)
+    safe = torch.where(keep, labels, torch.zeros_like(labels)).long()
     lp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    ent = -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    ent = -(p * torch.where(p == 0, torch.zeros_like(logp), logp)).sum(-1)  # 0 log 0 = 0, grad 0 too
     out = acc_dtype(logits)
     zero = torch.zeros((), dtype=dt, device=z.device)
     return torch.where(keep, lp, zero).to(out), torch.where(keep, ent, zero).to(out)
@@ -306,12 +361,14 @@ def linear_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """token_logprobs of the logits hidden @ weight.T, materialised (the unfused path)."""
     dt = _cdt(hidden, compute)
-    logits = hidden.to(dt) @ weight.to(dt).T
+    keep = (labels != ignore_index).unsqueeze(-1)
+    logits = _where(keep, hidden.to(dt)) @ weight.to(dt).T  # ignored rows are never read
     lp, ent = token_logprobs(logits, labels, temperature=temperature, ignore_index=ignore_index, compute=dt)
     out = acc_dtype(hidden)
     return lp.to(out), ent.to(out)
 
 
+@torch.no_grad()
 def topk_scores(
     queries: torch.Tensor,
     items: torch.Tensor,
@@ -327,10 +384,24 @@ def topk_scores(
         s = s + bias.float()
     banned = torch.isnan(s)
     if exclude is not None:
+        check_exclude(exclude, items.shape[0])
         rows, cols = (exclude >= 0).nonzero(as_tuple=True)
-        banned[rows, exclude[rows, cols]] = True
+        banned[rows, exclude[rows, cols].long()] = True
     s = s.masked_fill(banned, float("-inf"))
-    vals, idx = torch.sort(s, dim=1, descending=True, stable=True)
-    vals, idx = vals[:, :k], idx[:, :k]
-    gone = banned.gather(1, idx)
+    # order: allowed items first (a valid -inf score still ranks), by score descending, then index
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    order = order.gather(1, torch.sort(banned.gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
+    idx = order[:, :k]
+    vals, gone = s.gather(1, idx), banned.gather(1, idx)
     return vals.masked_fill(gone, float("-inf")), idx.masked_fill(gone, -1)
+
+
+def check_exclude(exclude: torch.Tensor, n_items: int) -> None:
+    """Raise ValueError unless every ``exclude`` entry is an item index in [0, n_items) or the
+    padding -1 (reads data)."""
+    bad = (exclude < -1) | (exclude >= n_items)
+    if bool(bad.any()):
+        raise ValueError(
+            f"`exclude` entries must be item indices in [0, {n_items}) or -1 (padding); "
+            f"found {exclude[bad][0].item()} ({int(bad.sum())} invalid)"
+        )

@@ -39,11 +39,7 @@ def _topk_op(
     ex, m = None, 0
     if exclude is not None and exclude.shape[1] > 0:
         ex = exclude.to(torch.int64)
-        bad = (ex < -1) | (ex >= n_items)
-        if bool(bad.any()):
-            raise ValueError(
-                f"`exclude` entries must be item indices in [0, {n_items}) or -1 (padding); found {ex[bad][0].item()}"
-            )
+        reference.check_exclude(ex, n_items)
     if backend in ("triton", "cuda"):
         tk = gpu_kernels(backend, "topk")
 
@@ -87,6 +83,8 @@ def topk_scores(
     item indices that row may not return (padded with -1). Items are scored in blocks of
     ``chunk_size`` and merged into a running top-k, so no [B, N] buffer exists. If fewer than
     ``k`` items remain after exclusion, the last slots hold -inf and index -1; NaN scores never rank.
+    Not differentiable: the inputs are read detached (an ``nn.Parameter`` is fine) and the
+    outputs never require grad.
     """
     V.tensor("queries", queries, ndim=2, floating=True)
     V.tensor("items", items, ndim=2, floating=True)
@@ -114,6 +112,8 @@ def topk_scores(
         for name, limit in (("triton", TRITON_MAX_K), ("cuda", CUDA_MAX_K))
         if k > limit
     }
+    queries, items = queries.detach(), items.detach()
+    bias = None if bias is None else bias.detach()
     be = resolve_backend(check_backend_arg(backend), queries.device, "topk_scores", limits)
     if be == "torch":
         return reference.topk_scores(queries, items, k=k, bias=bias, exclude=exclude)

@@ -84,9 +84,10 @@ void gae_impl(const T* R, const T* V, const uint8_t* M, T* adv, T* ret, int64_t 
       const bool orl = mode == GaeMode::OpenRLHF;
       A next_v = 0, last_a = 0;
       for (int64_t t = T_ - 1; t >= 0; --t) {
-        const A keep = orl ? A(m[t] != 0) : A(t <= last);
-        const A vt = keep * A(to_float(v[t]));
-        const A rw = orl ? keep * A(to_float(r[t])) : A(to_float(r[t]));
+        // selects, not products with the mask: a NaN at an excluded position must not leak
+        const bool keep = orl ? m[t] != 0 : t <= last;
+        const A vt = keep ? A(to_float(v[t])) : A(0);
+        const A rw = (orl && !keep) ? A(0) : A(to_float(r[t]));
         last_a = rw + gamma * next_v - vt + gl * last_a;
         next_v = vt;
         a[t] = last_a;

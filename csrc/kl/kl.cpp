@@ -31,7 +31,10 @@ CRS_INLINE KlPoint<A> kl_point(A d, A clamp) {
     const bool inside = (x >= A(-20)) & (x <= A(20)) & (k >= A(-10)) & (k <= A(10));
     g = inside ? A(1) - e : A(0);
   }
-  g = ((v >= -clamp) & (v <= clamp)) ? g : A(0);
+  // outside the clamp the value is flat: torch's clamp backward selects 0 there, then the chain
+  // multiplies (0 * d is NaN for an infinite d), hence g * 0 rather than 0; no clamp: no mask
+  const bool kept = ((v >= -clamp) & (v <= clamp)) | (clamp == std::numeric_limits<A>::infinity());
+  g = kept ? g : g * A(0);
   v = vclamp(v, -clamp, clamp);
   if constexpr (STRAIGHT) g = d;  // a compile-time switch: a runtime bool select blocks vectorisation
   return {v, g};

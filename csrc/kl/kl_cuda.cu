@@ -22,7 +22,7 @@ __device__ __forceinline__ void kl_point(A d, A clamp, A& v, A& g) {
     const bool inside = x >= A(-20) && x <= A(20) && k >= A(-10) && k <= A(10);
     g = inside ? A(1) - e : A(0);
   }
-  if (!(v >= -clamp && v <= clamp)) g = A(0);
+  if (!(v >= -clamp && v <= clamp) && clamp != A(INFINITY)) g = g * A(0);  // as torch: 0 * inf is NaN
   v = v < -clamp ? -clamp : (v > clamp ? clamp : v);
   if constexpr (STRAIGHT) g = d;
 }

@@ -41,7 +41,7 @@ void fwd_impl(const T* Z, const int64_t* labels, acc_t<T>* LP, acc_t<T>* ENT,
       const A x = A(to_float(row[v])) * inv_tau - m;
       const A e = fast_exp(x);
       s += e;
-      w += e * x;
+      w += xlogx_term(e, x);
     }
     finish_row<A>(A(to_float(row[y])) * inv_tau - m, m, s, w, log_v, &LP[n], &ENT[n], &LSE[n]);
   }
@@ -67,11 +67,11 @@ void bwd_impl(const T* Z, const int64_t* labels, const acc_t<T>* GLP,
     for (int64_t v = 0; v < V; ++v) {
       const A logp = A(to_float(row[v])) * inv_tau - lse;
       const A p = fast_exp(logp);
-      g[v] = from_float<T>(inv_tau * (-gl * p - ge * p * (logp + h)));
+      g[v] = from_float<T>(inv_tau * (-gl * p - ge * xlogx_term(p, logp + h)));
     }
     const A logp = A(to_float(row[y])) * inv_tau - lse;
     const A p = fast_exp(logp);
-    g[y] = from_float<T>(inv_tau * (gl * (A(1) - p) - ge * p * (logp + h)));
+    g[y] = from_float<T>(inv_tau * (gl * (A(1) - p) - ge * xlogx_term(p, logp + h)));
   }
 }
 
@@ -128,7 +128,7 @@ void block_update(const A* z, int64_t ldz, const int64_t* labels, A* M, A* S, A*
       const A x = row[v] * inv_tau - m;
       const A e = fast_exp(x);
       s += e;
-      w += e * x;
+      w += xlogx_term(e, x);
     }
     M[n] = m; S[n] = s; W[n] = w;
     const int64_t y = labels[n];
@@ -165,7 +165,7 @@ void block_grad(A* z, int64_t ldz, const int64_t* labels, const A* GLP, const A*
     for (int64_t v = 0; v < C; ++v) {
       const A logp = row[v] * inv_tau - lse;
       const A p = fast_exp(logp);
-      row[v] = inv_tau * (-gl * p - ge * p * (logp + h));
+      row[v] = inv_tau * (-gl * p - ge * xlogx_term(p, logp + h));
     }
     if (y >= v0 && y < v0 + C) row[y - v0] += inv_tau * gl;
   }

@@ -13,8 +13,9 @@ constexpr int kThreads = 256;
 template <typename A> struct Soft { A m, s, w; };
 
 template <typename A> __device__ __forceinline__ Soft<A> merge(Soft<A> x, Soft<A> y) {
-  if (x.m == -INFINITY) return y;
-  if (y.m == -INFINITY) return x;
+  // A state that saw no finite logit holds s = w = 0, or NaN after a NaN logit: adding keeps it.
+  if (x.m == -INFINITY) return {y.m, y.s + x.s, y.w + x.w};
+  if (y.m == -INFINITY) return {x.m, x.s + y.s, x.w + y.w};
   const A M = x.m > y.m ? x.m : y.m;
   const A dx = x.m - M, dy = y.m - M;
   const A ex = exp(dx), ey = exp(dy);
@@ -55,9 +56,9 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const T* Z, const int64_t
     const A x = ld(z, v) * inv_tau;
     if (x == A(-INFINITY)) continue;
     if (x > st_.m) {
-      if (st_.m == A(-INFINITY)) {
-        st_.s = A(0);
-        st_.w = A(0);
+      if (st_.m == A(-INFINITY)) {  // s and w are 0, or NaN after a NaN logit: keep the NaN
+        st_.s *= A(0);
+        st_.w *= A(0);
       } else {
         const A d = st_.m - x, sc = exp(d);
         st_.w = sc * (st_.w + d * st_.s);
@@ -67,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const T* Z, const int64_t
     }
     const A xm = x - st_.m, e = exp(xm);
     st_.s += e;
-    st_.w += e * xm;
+    st_.w += e == A(0) ? A(0) : e * xm;
   }
   const Soft<A> all = block_merge(st_, smem);
   if (threadIdx.x == 0) {
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const T* Z, const int64_t
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
     const A logp = ld(z, v) * inv_tau - l;
     const A p = exp(logp);
-    const A g = inv_tau * ((v == y ? gl : A(0)) - gl * p - ge * p * (logp + h));
+    const A g = inv_tau * ((v == y ? gl : A(0)) - gl * p - ge * (p == A(0) ? A(0) : p * (logp + h)));  // 0 log 0 = 0
     st(o, v, keep ? g : A(0));
   }
 }

@@ -27,10 +27,10 @@ template <typename A>
 CRS_INLINE PolicyPoint<A> policy_point(A lp, A old, A adv, A lo, A hi, A dual) {
   const A d = lp - old;
   const A r = fast_exp(vclamp(d, A(-20), A(20)));
-  const A dr = ((d >= A(-20)) & (d <= A(20))) ? r : A(0);  // & not &&: no branches
+  const A dr = ((d < A(-20)) | (d > A(20))) ? A(0) : r;  // | not ||: no branches; NaN keeps r (NaN)
   const A l1 = -adv * r;
   const A l2 = -adv * vmin(vmax(r, A(1) - lo), A(1) + hi);
-  const bool first = l1 >= l2;
+  const bool first = !(l1 < l2);  // a NaN term takes this branch: loss and gradient stay NaN
   const A c1 = first ? l1 : l2;
   const A g1 = first ? -adv * dr : A(0);  // the clipped branch is flat in lp
   const A l3 = -dual * adv;
@@ -46,11 +46,13 @@ struct ValuePoint {
 template <typename A>
 CRS_INLINE ValuePoint<A> value_point(A v, A old, A ret, A eps) {  // eps = +inf: no clipping
   const A d1 = v - ret;
-  const A vc = vmax(vmin(v, old + eps), old - eps);
+  // a NaN old value propagates, as in torch; unclipped (eps = inf), old is not read
+  const A vc = eps == std::numeric_limits<A>::infinity() ? v : nan_max(nan_min(v, old + eps), old - eps);
   const A d2 = vc - ret;
   const A l1 = d1 * d1, l2 = d2 * d2;
-  const bool first = l1 >= l2;
-  return {first ? l1 : l2, first ? A(2) * d1 : A(0), l2 > l1 ? A(1) : A(0)};  // clipped branch: flat in v
+  // torch.maximum(l1, l2): NaN if either is; then the gradient is NaN too (a NaN old value)
+  const A g = l1 < l2 ? A(0) : A(2) * d1;  // clipped branch: flat in v
+  return {nan_max(l1, l2), l2 != l2 ? l2 : g, l2 > l1 ? A(1) : A(0)};
 }
 
 // Per-row token counts, the number of non-empty rows and the total token count.

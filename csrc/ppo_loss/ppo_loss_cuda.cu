@@ -15,11 +15,11 @@ template <typename A> __device__ __forceinline__ PointT<A> policy_point(A lp, A 
   const A d = lp - old;
   const A dc = d < A(-20) ? A(-20) : (d > A(20) ? A(20) : d);
   const A r = exp(dc);
-  const A dr = (d >= A(-20) && d <= A(20)) ? r : A(0);
+  const A dr = (d < A(-20) || d > A(20)) ? A(0) : r;  // NaN keeps r (NaN)
   const A l1 = -a * r;
   const A rc = r < A(1) - lo ? A(1) - lo : (r > A(1) + hi ? A(1) + hi : r);
   const A l2 = -a * rc;
-  const bool first = l1 >= l2;
+  const bool first = !(l1 < l2);  // a NaN term takes this branch: loss and gradient stay NaN
   const A c1 = first ? l1 : l2;
   A g = first ? -a * dr : A(0);
   const A l3 = -dual * a;
@@ -29,12 +29,17 @@ template <typename A> __device__ __forceinline__ PointT<A> policy_point(A lp, A 
 
 template <typename A> __device__ __forceinline__ PointT<A> value_point(A v, A old, A ret, A eps) {
   const A d1 = v - ret;
-  A vc = v < old + eps ? v : old + eps;
-  vc = vc > old - eps ? vc : old - eps;
+  // torch.max(torch.min(v, old + eps), old - eps): NaN in v or old propagates
+  const A hi = old + eps, lo = old - eps;
+  A vc = v < hi ? v : (hi <= v ? hi : v + hi);
+  vc = vc > lo ? vc : (lo >= vc ? lo : vc + lo);
+  if (eps == A(INFINITY)) vc = v;  // unclipped: old is not read
   const A d2 = vc - ret;
   const A l1 = d1 * d1, l2 = d2 * d2;
-  const bool first = l1 >= l2;
-  return {first ? l1 : l2, first ? A(2) * d1 : A(0), l2 > l1 ? A(1) : A(0), A(0)};
+  // torch.maximum(l1, l2): NaN if either is (a NaN old value); the gradient then NaN too
+  const A loss = l1 > l2 ? l1 : (l2 >= l1 ? l2 : l1 + l2);
+  const A g = l1 < l2 ? A(0) : A(2) * d1;
+  return {loss, l2 != l2 ? l2 : g, l2 > l1 ? A(1) : A(0), A(0)};
 }
 
 template <typename T, bool POLICY>

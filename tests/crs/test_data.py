@@ -128,7 +128,7 @@ GOOD = json.dumps(
     ],
 )
 def test_malformed_redial(tmp_path, bad, reason):
-    path = _write(tmp_path, [GOOD, bad, GOOD])
+    path = _write(tmp_path, [GOOD, bad, json.dumps(json.loads(GOOD) | {"conversationId": "3"})])
     with pytest.raises(DataError, match=rf"bad\.jsonl:2: .*{reason}"):
         load_redial(path)
     ds = load_redial(path, on_error="skip")

@@ -35,9 +35,9 @@ def _scan(r_ptr, v_ptr, m_ptr, last_ptr, adv_ptr, ret_ptr, B, T, gamma, gl, MODE
         m = (tl.load(m_ptr + idx, mask=ok, other=0) != 0).to(tl.float32)
         r = tl.load(r_ptr + idx, mask=ok, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-        if MODE == 2:  # OpenRLHF: rewards and values masked first
-            r = r * m
-            v = v * m
+        if MODE == 2:  # OpenRLHF: rewards and values masked first (selects: a NaN there must not leak)
+            r = tl.where(m != 0, r, 0.0)
+            v = tl.where(m != 0, v, 0.0)
         if MODE == 1:  # TRL: values past each row's last valid token are zero
             v = tl.where(t <= last, v, 0.0)
         cand = r + gamma * next_v - v + gl * last_a
@@ -77,7 +77,7 @@ def _chunked(r_ptr, v_ptr, m_ptr, last_ptr, adv_ptr, ret_ptr, T, gamma, gl, MODE
         v1 = tl.load(v_ptr + base + t1, mask=ok1, other=0.0).to(tl.float32)
         if MODE == 0:  # verl: next value = value of the next valid token (scan over t + 1)
             m1 = (tl.load(m_ptr + base + t1, mask=ok1, other=0) != 0).to(tl.float32)
-            xa, xb = tl.associative_scan((1.0 - m1, m1 * v1), 0, _compose)
+            xa, xb = tl.associative_scan((1.0 - m1, tl.where(m1 != 0, v1, 0.0)), 0, _compose)
             nv = xa * carry_x + xb
             carry_x = tl.sum(tl.where(i == BLOCK_T - 1, nv, 0.0), 0)  # x_{t+1} at the tile's earliest t
         elif MODE == 1:  # TRL: values past each row's last valid token are zero
@@ -85,9 +85,9 @@ def _chunked(r_ptr, v_ptr, m_ptr, last_ptr, adv_ptr, ret_ptr, T, gamma, gl, MODE
             nv = tl.where(t1 <= last, v1, 0.0)
         else:  # OpenRLHF: rewards and values masked first
             m1 = (tl.load(m_ptr + base + t1, mask=ok1, other=0) != 0).to(tl.float32)
-            r = r * m
-            v = v * m
-            nv = v1 * m1
+            r = tl.where(m != 0, r, 0.0)
+            v = tl.where(m != 0, v, 0.0)
+            nv = tl.where(m1 != 0, v1, 0.0)
         delta = r + gamma * nv - v
         if MODE == 0:
             a = tl.where(m != 0, gl, 1.0)

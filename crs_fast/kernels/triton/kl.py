@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._math import clamp as _clamp
+
 BLOCK = 1024
 
 
@@ -20,14 +22,14 @@ def _kl_point(d, KIND: tl.constexpr, STRAIGHT: tl.constexpr, clamp):
         g = d
     else:  # k3 with verl's clamps
         x = -d
-        xc = tl.minimum(tl.maximum(x, -20.0), 20.0)
+        xc = _clamp(x, -20.0, 20.0)
         e = tl.exp(xc)
         k = e - xc - 1.0
-        v = tl.minimum(tl.maximum(k, -10.0), 10.0)
+        v = _clamp(k, -10.0, 10.0)
         inside = (x >= -20.0) & (x <= 20.0) & (k >= -10.0) & (k <= 10.0)
         g = tl.where(inside, 1.0 - e, 0.0)
-    g = tl.where((v >= -clamp) & (v <= clamp), g, 0.0)
-    v = tl.minimum(tl.maximum(v, -clamp), clamp)
+    g = tl.where(((v >= -clamp) & (v <= clamp)) | (clamp == float("inf")), g, g * 0.0)  # as torch: 0 * inf is NaN
+    v = _clamp(v, -clamp, clamp)
     if STRAIGHT:
         g = d
     return v, g

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ...ops.linear_logprobs import default_chunk
 from . import sm_count, split_axis
+from ._math import exp_from, xlogx_term
 
 
 @triton.jit
@@ -81,9 +82,8 @@ def _fwd(
         m_new = tl.maximum(m, tl.max(x, 1))
         delta = tl.where(m > float("-inf"), m - m_new, 0.0)
         scale = tl.exp(delta)
-        e = tl.exp(x - m_new[:, None])
-        xm = tl.where(inb, x - m_new[:, None], 0.0)
-        w = scale * (w + delta * s) + tl.sum(e * xm, 1)
+        e = exp_from(x, m_new[:, None])
+        w = scale * (w + delta * s) + tl.sum(xlogx_term(e, x - m_new[:, None]), 1)
         s = s * scale + tl.sum(e, 1)
         m = m_new
         zy += tl.sum(tl.where(cols[None, :] == y[:, None], x, 0.0), 1)
@@ -130,7 +130,7 @@ def _grad_block(
     if HAS_GENT:
         ge = tl.load(gent_ptr + rows, mask=ok_r, other=0.0)
         h = tl.load(ent_ptr + rows, mask=ok_r, other=0.0)
-        g -= ge[:, None] * p * (logp + h[:, None])
+        g -= ge[:, None] * xlogx_term(p, logp + h[:, None])
     keep = ok_r[:, None] & (local[None, :] < C)
     tl.store(out_ptr + rows[:, None] * C + local[None, :], (g * inv_tau).to(out_ptr.dtype.element_ty), mask=keep)
 
@@ -170,7 +170,7 @@ def forward(
         BLOCK_K=bk,
     )
     big_m = m.max(dim=0).values
-    scale = torch.exp(m - big_m)
+    scale = torch.where(m == float("-inf"), 0.0, torch.exp(m - big_m))  # a split with no finite logit adds 0
     total = (s * scale).sum(0)
     w_tot = (scale * (ws + (m - big_m) * s)).sum(0)
     log_s = torch.log(total)

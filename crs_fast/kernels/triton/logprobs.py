@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._math import clamp, exp_from, xlogx_term
+
 BLOCK_V = 1024
 
 
@@ -22,16 +24,15 @@ def _fwd(z_ptr, y_ptr, lp_ptr, ent_ptr, lse_ptr, V, inv_tau, ignore, BLOCK_V: tl
         m_new = tl.maximum(m, tl.max(x, 0))
         delta = tl.where(m > float("-inf"), m - m_new, 0.0)
         scale = tl.exp(delta)
-        e = tl.exp(x - m_new)
-        xm = tl.where(offs < V, x - m_new, 0.0)
-        w = scale * (w + delta * s) + tl.sum(e * xm, 0)
+        e = exp_from(x, m_new)
+        w = scale * (w + delta * s) + tl.sum(xlogx_term(e, x - m_new), 0)
         s = s * scale + tl.sum(e, 0)
         m = m_new
     log_s = tl.log(s)
     zy = tl.load(z_ptr + row * V + tl.maximum(y, 0)).to(tl.float32) * inv_tau
     keep = y != ignore
-    tl.store(lp_ptr + row, tl.where(keep, tl.minimum(zy - m - log_s, 0.0), 0.0))
-    ent = tl.minimum(tl.maximum(log_s - w / s, 0.0), tl.log(V.to(tl.float32)))
+    tl.store(lp_ptr + row, tl.where(keep, clamp(zy - m - log_s, float("-inf"), 0.0), 0.0))
+    ent = clamp(log_s - w / s, 0.0, tl.log(V.to(tl.float32)))
     tl.store(ent_ptr + row, tl.where(keep, ent, 0.0))
     tl.store(lse_ptr + row, tl.where(keep, m + log_s, 0.0))
 
@@ -65,7 +66,7 @@ def _bwd(
         inb = offs < V
         logp = tl.load(z_ptr + row * V + offs, mask=inb, other=0.0).to(tl.float32) * inv_tau - lse
         p = tl.exp(logp)
-        g = inv_tau * (tl.where(offs == y, gl, 0.0) - gl * p - ge * p * (logp + h))
+        g = inv_tau * (tl.where(offs == y, gl, 0.0) - gl * p - ge * xlogx_term(p, logp + h))
         tl.store(out_ptr + row * V + offs, tl.where(keep, g, 0.0).to(out_ptr.dtype.element_ty), mask=inb)
 
 

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from .._rows import aggregate, grad_weights, params
+from ._math import clamp, nan_max, nan_min
 
 BLOCK = 512
 
@@ -14,11 +15,11 @@ BLOCK = 512
 @triton.jit
 def _policy_point(lp, old, a, lo, hi, dual):
     d = lp - old
-    r = tl.exp(tl.minimum(tl.maximum(d, -20.0), 20.0))
-    dr = tl.where((d >= -20.0) & (d <= 20.0), r, 0.0)
+    r = tl.exp(clamp(d, -20.0, 20.0))
+    dr = tl.where((d < -20.0) | (d > 20.0), 0.0, r)  # NaN keeps r (NaN)
     l1 = -a * r
-    l2 = -a * tl.minimum(tl.maximum(r, 1.0 - lo), 1.0 + hi)
-    first = l1 >= l2
+    l2 = -a * clamp(r, 1.0 - lo, 1.0 + hi)
+    first = ~(l1 < l2)  # a NaN term takes this branch: loss and gradient stay NaN
     c1 = tl.where(first, l1, l2)
     g = tl.where(first, -a * dr, 0.0)
     l3 = -dual * a
@@ -29,12 +30,14 @@ def _policy_point(lp, old, a, lo, hi, dual):
 @triton.jit
 def _value_point(v, old, ret, eps):
     d1 = v - ret
-    vc = tl.maximum(tl.minimum(v, old + eps), old - eps)
+    # a NaN old value propagates, as in torch; unclipped (eps = inf), old is not read
+    vc = tl.where(eps == float("inf"), v, nan_max(nan_min(v, old + eps), old - eps))
     d2 = vc - ret
     l1 = d1 * d1
     l2 = d2 * d2
-    first = l1 >= l2
-    return tl.where(first, l1, l2), tl.where(first, 2.0 * d1, 0.0), tl.where(l2 > l1, 1.0, 0.0)
+    g = tl.where(l1 < l2, 0.0, 2.0 * d1)
+    # torch.maximum(l1, l2): NaN if either is (a NaN old value); the gradient then NaN too
+    return nan_max(l1, l2), tl.where(l2 != l2, l2, g), tl.where(l2 > l1, 1.0, 0.0)
 
 
 @triton.jit

@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from ...ops.reference import last_valid
+from ._math import clamp
 
 BLOCK = 1024
 
@@ -20,7 +21,7 @@ def _rewards(s_ptr, kl_ptr, m_ptr, last_ptr, out_ptr, n, T, beta, lo, hi, BLOCK:
     kl = tl.load(kl_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     r = tl.where(m, -beta * kl, 0.0)
     last = tl.load(last_ptr + row, mask=ok, other=-1)
-    score = tl.minimum(tl.maximum(tl.load(s_ptr + row, mask=ok, other=0.0).to(tl.float32), lo), hi)
+    score = clamp(tl.load(s_ptr + row, mask=ok, other=0.0).to(tl.float32), lo, hi)
     r = tl.where(t == last, r + score, r)
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=ok)
 
