@@ -12,6 +12,11 @@ DESCRIPTION = (
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crs-fast`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every later argument belongs to the benchmark runner, in order
+        from .benchmarks.run import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="crs-fast", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     ops_demo = sub.add_parser("ops-demo", help="run every op at realistic shapes against its reference")
@@ -19,19 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser(
         "bench", help="benchmarks against the reference, torch.compile and published code", add_help=False
     )
-    bench.add_argument("bench_args", nargs="*")
+    bench.add_argument("bench_args", nargs="*", help="the benchmark runner's arguments (crs-fast bench --help)")
     from .crs import cli as data_cli
     from .crs import rlhf_cli
 
     rlhf_cli.add_commands(sub)
     data_cli.add_commands(sub)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        from .benchmarks.run import main as bench_main
-
-        return bench_main([*args.bench_args, *rest])
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     if args.command == "ops-demo":
         from .demo import run_demo
 

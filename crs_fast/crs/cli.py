@@ -8,7 +8,7 @@ import statistics
 from .labels import feedback_labels, label_coverage
 from .opendialkg import load_opendialkg, load_opendialkg_catalog
 from .redial import load_redial, load_redial_catalog
-from .schema import Catalog, DialogueSet, data_dir
+from .schema import Catalog, DataError, DialogueSet, data_dir
 from .simulator import generate_catalog, write_synthetic_redial
 
 
@@ -32,13 +32,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
 
 
+SUFFIXES = (".jsonl", ".json", ".csv")
+
+
 def _load(path: pathlib.Path, on_error: str) -> DialogueSet:
-    if not path.exists():
+    if not path.is_file():
         raise SystemExit(f"crs-fast data stats: no such file: {path}")
+    if path.suffix not in SUFFIXES:
+        raise SystemExit(
+            f"crs-fast data stats: {path.name}: unknown format; expected a ReDial .jsonl or an "
+            f"OpenDialKG .jsonl / .json / .csv file"
+        )
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             first = f.readline()
-        if '"movieMentions"' in first:
+        if b'"movieMentions"' in first:
             return load_redial(path, on_error=on_error)
     catalog = None
     info = path.parent / "item_info.json"
@@ -112,11 +120,19 @@ def _synth(args: argparse.Namespace) -> int:
         catalog: Catalog = load_redial_catalog(root / "movies_with_mentions.csv", root / "movie_info.json")
     else:
         catalog = generate_catalog(seed=args.seed)
-    path = write_synthetic_redial(catalog, args.users, args.out, seed=args.seed)
+    if args.out.is_dir():
+        raise SystemExit(f"crs-fast data synth: --out {args.out} is a directory; give a file path (.jsonl)")
+    try:
+        path = write_synthetic_redial(catalog, args.users, args.out, seed=args.seed)
+    except OSError as exc:
+        raise SystemExit(f"crs-fast data synth: cannot write {args.out}: {exc.strerror or exc}") from None
     print(f"wrote {args.users} synthetic dialogues ({catalog.source} catalog, {len(catalog)} items) to {path}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch ``crs-fast data ...``."""
-    return _stats(args) if args.data_command == "stats" else _synth(args)
+    """Dispatch ``crs-fast data ...``; a malformed or unreadable file exits with its message."""
+    try:
+        return _stats(args) if args.data_command == "stats" else _synth(args)
+    except (DataError, OSError) as exc:
+        raise SystemExit(f"crs-fast data {args.data_command}: {exc}") from None

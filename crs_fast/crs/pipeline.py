@@ -16,6 +16,7 @@ import math
 import os
 import pathlib
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -61,18 +62,38 @@ class Tracker:
         """Remove the ``stage`` rows with ``step >= from_step`` (rewritten atomically): a rerun, or
         a resume from a checkpoint older than the last logged iteration, replaces them instead of
         logging them twice. Returns how many were removed."""
-        if not self.path.exists():
-            return 0
-        lines = self.path.read_text().splitlines()
-        keep = [x for x in lines if not ((r := json.loads(x))["stage"] == stage and r["step"] >= from_step)]
-        if len(keep) != len(lines):
-            _save_atomic(lambda p: p.write_text("".join(x + "\n" for x in keep), encoding="utf-8"), self.path)
-        return len(lines) - len(keep)
+        rows = self._read()
+        keep = [r for r in rows if not (r["stage"] == stage and r["step"] >= from_step)]
+        if len(keep) != len(rows):
+            text = "".join(json.dumps(r) + "\n" for r in keep)
+            _save_atomic(lambda p: p.write_text(text, encoding="utf-8"), self.path)
+        return len(rows) - len(keep)
 
     def rows(self, stage: str) -> list[dict]:
+        """The logged rows of ``stage``, in order."""
+        return [r for r in self._read() if r["stage"] == stage]
+
+    def _read(self) -> list[dict]:
+        """Every row. A torn final line (a crash in the middle of a write) is dropped from the file,
+        with a message; a malformed line elsewhere raises ValueError naming it."""
         if not self.path.exists():
             return []
-        return [r for line in self.path.read_text().splitlines() if (r := json.loads(line))["stage"] == stage]
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        rows = []
+        for i, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or "stage" not in row or "step" not in row:
+                    raise ValueError("not a metrics row")
+            except ValueError as exc:
+                if i < len(lines):
+                    raise ValueError(f"{self.path}:{i}: malformed metrics row ({exc})") from None
+                print(f"{self.path}:{i}: dropped a torn final line (a crash in the middle of a write)", file=sys.stderr)
+                kept = "".join(x + "\n" for x in lines[:-1])
+                _save_atomic(lambda p, kept=kept: p.write_text(kept, encoding="utf-8"), self.path)
+                break
+            rows.append(row)
+        return rows
 
 
 @contextmanager
@@ -346,6 +367,9 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     ``plots/eval.png``."""
     from .encoder import SentenceEncoder
 
+    rm_path = out / "rm" / "reward_model.safetensors"
+    if not rm_path.exists():  # before anything is written into `out`
+        raise FileNotFoundError(f"{rm_path} not found: `eval` evaluates a trained run (run `crs-fast demo` first)")
     data = data or R.prepare_data(cfg, out / "data")
     encoder = encoder or SentenceEncoder()
     scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)

@@ -199,6 +199,14 @@ class Config:
             want = {"int": int, "float": float, "bool": bool, "str": str}[kind.split(" |")[0]]
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise TypeError(f"Config.{f.name}: expected {kind}, got {value!r} ({type(value).__name__})")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Config.{f.name}: expected a finite number, got {value!r}")
+        if not 0 < self.clip <= 1:
+            raise ValueError(
+                f"Config.clip: expected a value in (0, 1] (the ratio is clipped to 1 +- clip), got {self.clip!r}"
+            )
         for name in _CFG_POSITIVE:
             if not getattr(self, name) > 0:
                 raise ValueError(f"Config.{name}: expected > 0, got {getattr(self, name)!r}")
@@ -248,8 +256,17 @@ class Config:
         """Defaults (or :meth:`quick`), then a TOML file's keys, then ``overrides`` (None ignored)."""
         values: dict[str, Any] = {}
         if path is not None:
-            with open(path, "rb") as f:
-                values = tomllib.load(f)
+            try:
+                with open(path, "rb") as f:
+                    values = tomllib.load(f)
+            except FileNotFoundError:
+                raise ValueError(f"config file {path} not found") from None
+            except IsADirectoryError:
+                raise ValueError(f"config file {path} is a directory, not a TOML file") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"config file {path}: invalid TOML ({exc})") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"config file {path}: cannot be read ({exc})") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)

@@ -34,19 +34,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace):
     from .rlhf import Config
 
-    extra = {}
+    flags = {"model": args.model, "seed": args.seed, "real_data": args.real_data}
+    values = {k: v for k, v in flags.items() if v is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        if not sep or not key:
+            raise SystemExit(f"crs-fast {args.command}: --set expects KEY=VALUE, got {item!r}")
+        if key in values:
+            raise SystemExit(f"crs-fast {args.command}: {key} given twice (--{key.replace('_', '-')} and --set {item})")
         try:
-            extra[key] = ast.literal_eval(value)
+            values[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            extra[key] = value
+            values[key] = value
     try:
-        return Config.load(
-            args.config, quick=args.quick, model=args.model, seed=args.seed, real_data=args.real_data, **extra
-        )
+        return Config.load(args.config, quick=args.quick, **values)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"crs-fast {args.command}: {exc}") from exc
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except FileNotFoundError as exc:
+    except OSError as exc:  # a missing stage output, an --out that is a file, a disk error
         print(f"crs-fast {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0
