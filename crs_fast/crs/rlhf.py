@@ -203,13 +203,13 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"Config.{f.name}: expected a finite number, got {value!r}")
-        if not 0 < self.clip <= 1:
-            raise ValueError(
-                f"Config.clip: expected a value in (0, 1] (the ratio is clipped to 1 +- clip), got {self.clip!r}"
-            )
         for name in _CFG_POSITIVE:
             if not getattr(self, name) > 0:
                 raise ValueError(f"Config.{name}: expected > 0, got {getattr(self, name)!r}")
+        if not self.clip <= 1:  # after the > 0 check above
+            raise ValueError(
+                f"Config.clip: expected a value in (0, 1] (the ratio is clipped to 1 +- clip), got {self.clip!r}"
+            )
         for name in _CFG_NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)!r}")

@@ -296,3 +296,19 @@ def test_adaptive_kl_controller_stays_positive_and_finite():
 def test_adaptive_kl_controller_rejects_bad_steps():
     with pytest.raises(ValueError, match="n_steps"):
         AdaptiveKLController(0.1, 6.0, 32).update(1.0, -1)
+
+
+@pytest.mark.parametrize("mode", ["grpo", "rloo"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_advantages_nan_stays_in_its_group(mode, backend, gen):
+    """A NaN score makes its own group NaN, leaves the other groups as they were, and masked
+    positions of the broadcast are 0."""
+    s = torch.randn(8, generator=gen)
+    ids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    m = torch.rand(8, 5, generator=gen) < 0.5
+    clean = cf.group_advantages(s, ids, mode=mode, mask=m, backend=backend)
+    s[1] = float("nan")
+    out = cf.group_advantages(s, ids, mode=mode, mask=m, backend=backend)
+    mine = (ids == 0)[:, None] & m
+    assert out[mine].isnan().all() and not out[~mine].isnan().any()
+    assert torch.equal(out[ids != 0], clean[ids != 0]) and (out[~m] == 0).all()

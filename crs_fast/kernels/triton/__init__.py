@@ -18,10 +18,13 @@ def unavailable(device_type: str) -> str:
 
 
 def sm_count(device) -> int:
-    """Streaming multiprocessors of ``device`` (2 for the CPU interpreter, so splitting is exercised)."""
+    """Streaming multiprocessors of ``device``: 2 for the CPU interpreter (so splitting is
+    exercised), an H100's / H200's 132 for ``meta`` tensors (the compile check's stand-in GPU)."""
     import torch
 
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132 if device.type == "meta" else 2
 
 
 def split_axis(n: int, block: int, programs: int, cap: int = 1 << 30) -> tuple[int, int]:

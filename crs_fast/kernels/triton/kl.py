@@ -68,7 +68,8 @@ def kl_forward(lp: torch.Tensor, ref: torch.Tensor, kind: int, straight: bool, c
     """Values of the estimator ``kind`` (0 k1, 1 abs, 2 k2, 3 k3); ``clamp`` < 0: none."""
     out = torch.empty_like(lp)
     n = lp.numel()
-    _kl_fwd[_grid(n)](lp, ref, out, n, float("inf") if clamp < 0 else clamp, KIND=kind, STRAIGHT=straight, BLOCK=BLOCK)
+    # the value does not depend on STRAIGHT: one compiled variant per kind, not two
+    _kl_fwd[_grid(n)](lp, ref, out, n, float("inf") if clamp < 0 else clamp, KIND=kind, STRAIGHT=False, BLOCK=BLOCK)
     return out
 
 
@@ -78,7 +79,16 @@ def kl_backward(
     """d/d lp of the estimator times ``grad``."""
     out = torch.empty_like(lp)
     n = lp.numel()
+    # the straight-through gradient is d whatever the kind: one compiled variant for all of them
     _kl_bwd[_grid(n)](
-        grad, lp, ref, out, n, float("inf") if clamp < 0 else clamp, KIND=kind, STRAIGHT=straight, BLOCK=BLOCK
+        grad,
+        lp,
+        ref,
+        out,
+        n,
+        float("inf") if clamp < 0 else clamp,
+        KIND=0 if straight else kind,
+        STRAIGHT=straight,
+        BLOCK=BLOCK,
     )
     return out

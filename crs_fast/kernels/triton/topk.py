@@ -12,7 +12,8 @@ import triton.language as tl
 from . import sm_count, split_axis
 
 MAX_K = 256  # the running top-k lives in registers: [BLOCK_M, next_pow2(k)] int64
-_EMPTY = -(2**63)  # key of an empty slot / excluded or NaN score
+EMPTY_KEY = -(2**63)  # key of an empty slot / excluded or NaN score
+_EMPTY: tl.constexpr = tl.constexpr(EMPTY_KEY)  # kernels read module globals only as constexprs
 
 
 @triton.jit
@@ -35,7 +36,6 @@ def _topk_kernel(
     D,
     M_EX,
     items_per_split,
-    HAS_BIAS: tl.constexpr,
     IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -61,8 +61,7 @@ def _topk_kernel(
                 acc += tl.dot(q, tl.trans(e), input_precision="ieee")
             else:
                 acc += tl.dot(q, tl.trans(e))
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         banned = (acc != acc) | (~col_ok[None, :])
         for j in range(0, M_EX):
             x = tl.load(ex_ptr + rows * M_EX + j, mask=row_ok, other=-1)
@@ -76,7 +75,7 @@ def _topk_kernel(
 
 
 def _decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    empty = keys == _EMPTY
+    empty = keys == EMPTY_KEY
     k32 = (keys >> 32).to(torch.int32)
     bits = torch.where(k32 >= 0, k32, k32 ^ 0x7FFFFFFF)
     vals = bits.view(torch.float32).masked_fill(empty, float("-inf"))
@@ -99,7 +98,8 @@ def topk(
     kp = max(16, triton.next_power_of_2(k))
     block_n = max(64, kp)
     block_m = 16 if q.device.type == "cpu" else 64
-    block_d = 32 if D <= 32 else 64
+    # one BLOCK_D on a GPU (fewer variants to compile); the interpreter's small tiles keep it cheap
+    block_d = (32 if D <= 32 else 64) if q.device.type == "cpu" else 64
     row_blocks = triton.cdiv(B, block_m)
     splits, per_split = split_axis(N, block_n, triton.cdiv(2 * sm_count(q.device), row_blocks), cap=64)
     out = torch.empty(splits, B, kp, dtype=torch.int64, device=q.device)
@@ -107,7 +107,9 @@ def topk(
     _topk_kernel[(row_blocks, splits)](
         q,
         items,
-        q if bias is None else bias.float().contiguous(),
+        # no bias: zeros (one variant to compile instead of two; an N-float read beside the
+        # N x D item tile; adding +0.0 also makes a -0.0 score rank as 0.0, as the reference does)
+        torch.zeros(N, dtype=torch.float32, device=q.device) if bias is None else bias.float().contiguous(),
         out if ex is None else ex,
         out,
         B,
@@ -115,7 +117,6 @@ def topk(
         D,
         0 if ex is None else ex.shape[1],
         per_split,
-        HAS_BIAS=bias is not None,
         IEEE=q.dtype == torch.float32,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
