@@ -50,6 +50,14 @@ else  # the CUDA kernels must build on the GPU machine: fail loudly rather than 
     --force-reinstall --no-cache-dir .
 fi
 "$PY" -P -c "import crs_fast._C as c; print('[gpu_check] CUDA C++ kernels built:', c.with_cuda)" | tee "$OUT/build_info.txt"
+# Every Triton configuration the launchers can choose, compiled for the GPU targets before any GPU
+# minute is spent on running them (the same check CI runs without a GPU); stop here if one fails.
+step compile_check env -u TRITON_INTERPRET "$PY" -P -m crs_fast.kernels.triton.compile_check --arch 80 90 \
+  --out "$OUT/compile_check.json"
+if [ "$status" != 0 ]; then
+  echo "[gpu_check] a kernel does not compile: stopping before the GPU steps"
+  exit 1
+fi
 step test_gpu_backends "$PY" -P -m pytest -q -p no:cacheprovider tests/triton --junitxml="$OUT/test_gpu_backends.xml"
 step test_ops "$PY" -P -m pytest -q -p no:cacheprovider tests/ops --junitxml="$OUT/test_ops.xml"
 step bench "$PY" -m bench.run "${BENCH[@]}" --out "$OUT" --name "$DEVICE-check"

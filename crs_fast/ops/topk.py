@@ -16,7 +16,7 @@ from ._lib import (
     resolve_backend,
 )
 
-TRITON_MAX_K = 256  # crs_fast.kernels.triton.topk.MAX_K (not imported: Triton is optional)
+TRITON_MAX_K = 64  # crs_fast.kernels.triton.topk.MAX_K (not imported: Triton is optional)
 CUDA_MAX_K = 1024  # crs_fast._C.cuda_max_k
 
 

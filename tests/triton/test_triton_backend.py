@@ -174,10 +174,14 @@ def test_topk_scores(dtype, shape, extras, backend, gen):
 
 
 def test_topk_large_k_needs_another_backend():
+    from crs_fast.kernels.triton.topk import MAX_K
+    from crs_fast.ops.topk import TRITON_MAX_K
+
+    assert MAX_K == TRITON_MAX_K
     x = torch.zeros(2, 3, 300, device=DEVICE)[0]
     items = torch.zeros(300, 300, device=DEVICE)
-    with pytest.raises(cf.BackendUnavailableError, match="at most 256"):
-        cf.topk_scores(x[:, :300], items, k=257, backend="triton")
+    with pytest.raises(cf.BackendUnavailableError, match=f"at most {MAX_K}"):
+        cf.topk_scores(x[:, :300], items, k=MAX_K + 1, backend="triton")
 
 
 @pytest.mark.parametrize("mode", ["verl", "trl", "openrlhf"])
