@@ -89,3 +89,24 @@ def test_kl_nonfinite_like_cpu(kind, clamp):
         outs[be] = (out.detach(), torch.autograd.grad(out.sum(), a)[0])
     for x, y in zip(outs["triton"], outs["cpu"], strict=True):
         assert torch.equal(x.isnan(), y.isnan()) and torch.equal(x.isinf(), y.isinf())
+
+
+def test_nan_rows_stay_in_their_row(gen):
+    """A NaN hidden state or logit row gives NaN lp and H in that row only (not 0, as the CPU
+    kernels used to), in the Triton token log-probs and fused LM head alike."""
+    h, w = torch.randn(4, 16, generator=gen), torch.randn(40, 16, generator=gen)
+    y = torch.randint(0, 40, (4,), generator=gen)
+    z = h @ w.T
+    clean = [
+        cf.linear_logprobs(h, w, y, entropy=True, backend="triton"),
+        cf.token_logprobs(z, y, entropy=True, backend="triton"),
+    ]
+    h[1], z[1] = float("nan"), float("nan")
+    got = [
+        cf.linear_logprobs(h, w, y, entropy=True, backend="triton"),
+        cf.token_logprobs(z, y, entropy=True, backend="triton"),
+    ]
+    keep = torch.tensor([True, False, True, True])
+    for (lp, ent), (lp0, ent0) in zip(got, clean, strict=True):
+        assert lp[1].isnan() and ent[1].isnan()
+        assert torch.equal(lp[keep], lp0[keep]) and torch.equal(ent[keep], ent0[keep])
