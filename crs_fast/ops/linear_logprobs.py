@@ -158,7 +158,9 @@ def linear_logprobs(
     ``hidden`` [..., H], ``weight`` [V, H] (the LM head), ``labels`` [...]. The vocabulary is
     walked in blocks of ``chunk_size`` columns (default: :func:`default_chunk`) with an online
     max / sum / weighted sum; the backward pass recomputes each block and accumulates
-    ``d hidden`` and ``d weight``. Extra memory O(N * chunk_size). Float32 results.
+    ``d hidden`` and ``d weight``. Extra memory O(N * chunk_size). Float32 results. Non-finite
+    values as :func:`token_logprobs` (rows whose label is ``ignore_index`` reach neither output
+    nor ``d weight``).
     """
     V.tensor("hidden", hidden, min_ndim=1, floating=True)
     V.tensor("weight", weight, ndim=2, floating=True)

@@ -149,7 +149,10 @@ def token_logprobs(
     ``logits`` [..., V] (fp32/bf16/fp16/fp64), ``labels`` [...] integer; labels equal to
     ``ignore_index`` give 0 for both. Results are float32 (float64 for float64 logits),
     ``lp <= 0`` and ``0 <= H <= log V``. Differentiable in ``logits``:
-    ``d lp/dz = (onehot(y) - p)/tau``, ``dH/dz = -p (log p + H)/tau``.
+    ``d lp/dz = (onehot(y) - p)/tau``, ``dH/dz = -p (log p + H)/tau``. ``-inf`` logits (a masked
+    vocabulary) are allowed: their ``p log p`` terms are 0 and their gradient 0; a row with no
+    finite logit has no distribution and gives NaN for both, on every backend. A NaN logit makes
+    its row NaN; rows whose label is ``ignore_index`` are never read.
     """
     V.tensor("logits", logits, min_ndim=1, floating=True)
     V.tensor("labels", labels, integer=True)
