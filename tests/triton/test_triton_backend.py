@@ -232,3 +232,16 @@ def test_token_rewards(dtype, shape, backend, gen):
         R.token_rewards(scores.double(), kl.double(), m, beta=0.05, clip=(-2.0, 2.0)),
         R.token_rewards(scores, kl, m, beta=0.05, clip=(-2.0, 2.0), compute=low),
     )
+
+
+def test_topk_float64_inputs_score_in_float32(gen):
+    """float64 queries and items are scored in float32 as the reference does (the kernel's
+    float32 accumulator did not compile for float64 operands on a GPU: compile_check found it)."""
+    q, items = (
+        torch.randn(3, 20, generator=gen, dtype=torch.float64),
+        torch.randn(90, 20, generator=gen, dtype=torch.float64),
+    )
+    vals, idx = cf.topk_scores(q.to(DEVICE), items.to(DEVICE), k=5, backend="triton")
+    o_vals, o_idx = R.topk_scores(q, items, k=5)
+    assert torch.equal(idx.cpu(), o_idx)
+    torch.testing.assert_close(vals.cpu(), o_vals, rtol=1e-5, atol=1e-5)

@@ -97,8 +97,8 @@ def topk(
         raise ValueError(f"the Triton top-k keeps at most {MAX_K} items per row, got k = {k}")
     B, D = q.shape
     N = items.shape[0]
-    if q.dtype != items.dtype:
-        q, items = q.float(), items.float()
+    if q.dtype != items.dtype or q.dtype == torch.float64:  # scores are float32, as the reference's
+        q, items = q.float(), items.float()  # (float64 also did not compile: tl.dot's fp32 accumulator)
     q, items = q.contiguous(), items.contiguous()
     kp = max(16, triton.next_power_of_2(k))
     block_n = max(64, kp)
