@@ -14,6 +14,8 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
+from crs_fast._markdown import table
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARCHS = (80, 90)
 
@@ -63,21 +65,15 @@ def check(nvcc: str = "nvcc") -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| file | kernel | arch | registers | spill bytes | stack bytes | static smem |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
+    def cells(r: dict) -> tuple:
         if "error" in r:
-            lines.append(f"| {r['file']} | COMPILE ERROR | | | | | |")
-            continue
+            return (r["file"], "COMPILE ERROR", "", "", "", "", "")
         short = r["kernel"].replace("(anonymous namespace)::", "").removeprefix("void ").removeprefix("crs::cuda::")
-        short = short.split("(", 1)[0]
-        lines.append(
-            f"| {r['file']} | `{short}` | sm_{r['arch']} | {r.get('registers', '?')} | {r.get('spill_bytes', '?')} | "
-            f"{r.get('stack_bytes', '?')} | {r.get('shared_bytes', '?')} |"
-        )
-    return "\n".join(lines) + "\n"
+        usage = (r.get(k, "?") for k in ("registers", "spill_bytes", "stack_bytes", "shared_bytes"))
+        return (r["file"], f"`{short.split('(', 1)[0]}`", f"sm_{r['arch']}", *usage)
+
+    header = ("file", "kernel", "arch", "registers", "spill bytes", "stack bytes", "static smem")
+    return table(header, map(cells, rows))
 
 
 def main() -> int:

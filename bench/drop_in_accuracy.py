@@ -15,6 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from crs_fast._markdown import table
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 B, T, N, V = 16, 256, 256, 4096
@@ -180,19 +182,21 @@ def run() -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| framework | function | dtype | bit-equal | max error vs fp64: framework | crs_fast |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
+    def cells(r: dict) -> tuple:
         if "error" in r:
-            lines.append(f"| {r['framework']} | {r['function']} | {r['dtype']} | - | {r['error']} | |")
-            continue
-        lines.append(
-            f"| {r['framework']} | {r['function']} | {r['dtype']} | {'yes' if r['bit_equal'] else 'no'} | "
-            f"{r['err_framework']:.2e} | {r['err_crs_fast']:.2e} |"
+            return (r["framework"], r["function"], r["dtype"], "-", r["error"], "")
+        equal = "yes" if r["bit_equal"] else "no"
+        return (
+            r["framework"],
+            r["function"],
+            r["dtype"],
+            equal,
+            f"{r['err_framework']:.2e}",
+            f"{r['err_crs_fast']:.2e}",
         )
-    return "\n".join(lines) + "\n"
+
+    header = ("framework", "function", "dtype", "bit-equal", "max error vs fp64: framework", "crs_fast")
+    return table(header, map(cells, rows))
 
 
 def main() -> None:

@@ -31,16 +31,22 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
-def decode_line(raw: bytes, lineno: int) -> str:
-    """A line of UTF-8 text (a BOM on line 1 is dropped); raises Problem on other encodings."""
-    if lineno == 1:
+def _utf8(raw: bytes, file_start: bool) -> str:
+    """UTF-8 text of ``raw``; at the start of a file a UTF-8 BOM is dropped and UTF-16 refused.
+    Raises Problem, or UnicodeDecodeError for invalid bytes (``object[start]`` is the bad byte)."""
+    if file_start:
         if raw.startswith(_UTF16_BOMS):
             raise Problem("the file is UTF-16 text; save it as UTF-8")
         raw = raw.removeprefix(_UTF8_BOM)
+    return raw.decode("utf-8")
+
+
+def decode_line(raw: bytes, lineno: int) -> str:
+    """A line of UTF-8 text (a BOM on line 1 is dropped); raises Problem on other encodings."""
     try:
-        return raw.decode("utf-8")
+        return _utf8(raw, lineno == 1)
     except UnicodeDecodeError as exc:
-        raise Problem(f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+        raise Problem(f"invalid UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})") from None
 
 
 def parse_json(text: str) -> Any:
@@ -75,14 +81,13 @@ def jsonl_records(path: pathlib.Path, stats: LoadStats, on_error: str) -> Iterat
 
 def read_text(path: str | pathlib.Path) -> str:
     """A whole UTF-8 text file (BOM dropped); DataError naming the file on other encodings."""
-    raw = pathlib.Path(path).read_bytes()
-    if raw.startswith(_UTF16_BOMS):
-        raise DataError(f"{path}: the file is UTF-16 text; save it as UTF-8")
     try:
-        return raw.removeprefix(_UTF8_BOM).decode("utf-8")
+        return _utf8(pathlib.Path(path).read_bytes(), True)
+    except Problem as exc:
+        raise DataError(f"{path}: {exc}") from None
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 (byte 0x{exc.object[exc.start]:02x})") from None
 
 
 def read_json(path: str | pathlib.Path, kind: type | tuple[type, ...], what: str) -> Any:

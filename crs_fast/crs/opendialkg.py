@@ -198,7 +198,7 @@ def load_opendialkg(
     elif path.suffix in (".json", ".csv"):
         records = ((f"{path}:row {i}", row, _session) for i, row in enumerate(_rows(path), 1))
     else:
-        raise ValueError(f"`path` must end in .jsonl, .json or .csv, got {path.name!r}")
+        raise ValueError(f"`path` {path.name!r}: unknown format; expected a .jsonl, .json or .csv file")
     items: set[str] = set()
     first_seen: dict[str, str] = {}
     for n, (where, obj, parse) in enumerate(records, 1):

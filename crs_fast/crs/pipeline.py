@@ -367,12 +367,10 @@ def run_eval(cfg: R.Config, out: pathlib.Path, *, encoder=None, data: R.CRSData 
     ``plots/eval.png``."""
     from .encoder import SentenceEncoder
 
-    rm_path = out / "rm" / "reward_model.safetensors"
-    if not rm_path.exists():  # before anything is written into `out`
-        raise FileNotFoundError(f"{rm_path} not found: `eval` evaluates a trained run (run `crs-fast demo` first)")
-    data = data or R.prepare_data(cfg, out / "data")
     encoder = encoder or SentenceEncoder()
-    scorer = R.Scorer(_load_rm(out, encoder.dim), encoder, data.catalog)
+    rm = _load_rm(out, encoder.dim)  # first: a missing run fails before anything is written into `out`
+    data = data or R.prepare_data(cfg, out / "data")
+    scorer = R.Scorer(rm, encoder, data.catalog)
     redial = None
     if data.redial_test:  # the samples and contexts are the same for every policy
         std_s = E.redial_samples(data.redial_test, data.catalog, dedup=False)

@@ -199,9 +199,7 @@ class Config:
             want = {"int": int, "float": float, "bool": bool, "str": str}[kind.split(" |")[0]]
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise TypeError(f"Config.{f.name}: expected {kind}, got {value!r} ({type(value).__name__})")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            if want is float and not math.isfinite(value):
                 raise ValueError(f"Config.{f.name}: expected a finite number, got {value!r}")
         for name in _CFG_POSITIVE:
             if not getattr(self, name) > 0:

@@ -87,9 +87,10 @@ def _llp_bwd_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     y = labels.to(torch.int64).contiguous()
-    ignored = y == ignore_index
-    if bool(ignored.any()):  # d weight sums over rows: an ignored row's hidden state (NaN, say) must not enter it
-        hidden = torch.where(ignored[:, None], torch.zeros((), dtype=hidden.dtype, device=hidden.device), hidden)
+    # d weight sums over rows: an ignored row's hidden state (NaN, say) must not enter it. A select,
+    # not `if ignored.any()`, which would wait for the device on every backward call.
+    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+    hidden = torch.where((y == ignore_index)[:, None], zero, hidden)
     if backend == "triton":
         from ..kernels.triton import linear_logprobs as tk
 

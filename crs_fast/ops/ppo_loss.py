@@ -187,8 +187,7 @@ def _value_op(
     agg: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    v, ret, m = values.contiguous(), returns.contiguous(), as_mask(mask)
-    old = v if clip is None else old_values.contiguous()  # unclipped: old_values is never read
+    v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     B, T = v.shape
     if backend in ("triton", "cuda"):
         tk = gpu_kernels(backend, "ppo_loss")
@@ -216,8 +215,7 @@ def _value_bwd_op(
     agg: str,
     backend: str,
 ) -> torch.Tensor:
-    v, ret, m = values.contiguous(), returns.contiguous(), as_mask(mask)
-    old = v if clip is None else old_values.contiguous()
+    v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     if backend in ("triton", "cuda"):
         tk = gpu_kernels(backend, "ppo_loss")
 
@@ -272,7 +270,7 @@ def ppo_value_loss(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss ``0.5 * agg(max((v - R)^2, (v_c - R)^2))`` with
-    ``v_c = clamp(v, v_old - clip, v_old + clip)`` (``clip=None``: unclipped) -> (loss, stats);
+    ``v_c = clamp(v, v_old - clip, v_old + clip)`` (``clip=None``: unclipped, ``old_values`` not read) -> (loss, stats);
     differentiable in ``values``. ``stats["clipfrac"]``: fraction of masked tokens where the
     clipped term is larger. Aggregations as :func:`ppo_policy_loss`."""
     for name, t in (("values", values), ("old_values", old_values), ("returns", returns)):

@@ -65,9 +65,7 @@ def whiten_stats(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps:
 
 def standardize(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
     """(x - mean) * rsqrt(var + 1e-8) over the mask (clamp_eps: rsqrt(max(var, 1e-8))), every
-    element transformed, in ``x``'s dtype; an empty mask returns ``x``."""
-    if not bool((m != 0).any()):
-        return x.clone()
+    element transformed, in ``x``'s dtype; an empty mask leaves ``x`` as it is (mean 0, rstd 1)."""
     mean, rstd = whiten_stats(x, m, unbiased=unbiased, clamp_eps=clamp_eps)
     return (x - mean.to(x.dtype)) * rstd.to(x.dtype)
 
@@ -124,11 +122,10 @@ def masked_whiten(
 ) -> torch.Tensor:
     """(x - mean) * rsqrt(var + 1e-8) with mean and var over the mask; the mean re-added if not shift_mean."""
     dt = _cdt(values, compute)
-    x, m = values.to(dt), mask.ne(0)
-    out = standardize(x, m, unbiased=unbiased, clamp_eps=False)
-    if not shift_mean and bool(m.any()):
-        out = out + whiten_stats(x, m, unbiased=unbiased, clamp_eps=False)[0].to(dt)
-    return out.to(values.dtype)
+    x = values.to(dt)
+    mean, rstd = whiten_stats(x, mask, unbiased=unbiased, clamp_eps=False)
+    out = (x - mean.to(dt)) * rstd.to(dt)
+    return (out if shift_mean else out + mean.to(dt)).to(values.dtype)
 
 
 @torch.no_grad()

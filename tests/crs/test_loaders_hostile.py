@@ -143,6 +143,18 @@ def test_opendialkg_non_integer_ratings_are_counted(tmp_path):
     assert ds.stats.dropped_ratings == 2 and len(ds.stats.notes) == 2 and "'book'" in ds.stats.notes[0]
 
 
+def _both_catalogs_raise(tmp_path, info, opendialkg_match: str, redial_match: str):
+    """Both catalog loaders reject ``info`` (as OpenDialKG's item_info and ReDial's movie_info
+    beside a one-movie CSV); returns the CSV's path."""
+    with pytest.raises(DataError, match=opendialkg_match):
+        load_opendialkg_catalog(info)
+    csv_path = tmp_path / "movies.csv"
+    csv_path.write_text("movieId,movieName,nbMentions\n1,A (2000),3\n")
+    with pytest.raises(DataError, match=redial_match):
+        load_redial_catalog(csv_path, info)
+    return csv_path
+
+
 @pytest.mark.parametrize(
     "content,reason",
     [
@@ -156,23 +168,18 @@ def test_opendialkg_non_integer_ratings_are_counted(tmp_path):
 def test_catalog_files_name_the_file(tmp_path, content, reason):
     info = tmp_path / "info.json"
     info.write_bytes(content)
-    with pytest.raises(DataError, match=rf"info\.json.*{reason}"):
-        load_opendialkg_catalog(info)
-    csv_path = tmp_path / "movies.csv"
-    csv_path.write_text("movieId,movieName,nbMentions\n1,A (2000),3\n")
-    with pytest.raises(DataError, match=rf"info\.json.*{reason}"):
-        load_redial_catalog(csv_path, info)
+    _both_catalogs_raise(tmp_path, info, rf"info\.json.*{reason}", rf"info\.json.*{reason}")
 
 
 def test_catalog_attribute_string_is_an_error(tmp_path):
     info = tmp_path / "info.json"
     info.write_text(json.dumps({"1": {"name": "A", "genre": "comedy"}}))
-    with pytest.raises(DataError, match=r"info\.json: item '1': 'genre' must be a list of strings"):
-        load_opendialkg_catalog(info)
-    csv_path = tmp_path / "movies.csv"
-    csv_path.write_text("movieId,movieName\n1,A (2000)\n")
-    with pytest.raises(DataError, match=r"info\.json: movie '1': 'genre' must be a list of strings"):
-        load_redial_catalog(csv_path, info)
+    csv_path = _both_catalogs_raise(
+        tmp_path,
+        info,
+        r"info\.json: item '1': 'genre' must be a list of strings",
+        r"info\.json: movie '1': 'genre' must be a list of strings",
+    )
     info.write_text(json.dumps({"1": {"genre": ["comedy", "drama"]}}))
     assert load_redial_catalog(csv_path, info)["1"].attributes["genre"] == ["comedy", "drama"]
 

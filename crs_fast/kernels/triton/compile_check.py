@@ -316,28 +316,34 @@ def check(
 
 def markdown(report: dict[str, Any]) -> str:
     """A table per kernel: worst case over its configurations, per architecture."""
-    lines = [
-        f"Triton {report['triton']}: {report['configurations']} configurations x sm_"
-        + ", sm_".join(map(str, report["archs"]))
-        + f", compiled in {report['wall_s']} s wall"
-        + (" from an empty cache (compile times of a first call)." if report.get("cold_cache") else "."),
-        "",
-        "| kernel | arch | configs | failed | max shared KiB (limit) | max registers | spill bytes | max compile s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    from ..._markdown import table
+
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in report["rows"]:
         groups.setdefault((r["kernel"], r["arch"]), []).append(r)
+    rows = []
     for (kernel, arch), rs in sorted(groups.items()):
         ok = [r for r in rs if "shared_bytes" in r]
-        lim = SMEM_LIMIT[arch] // 1024
-        lines.append(
-            f"| {kernel} | sm_{arch} | {len(rs)} | {sum(not r['ok'] for r in rs)} | "
-            f"{max((r['shared_bytes'] for r in ok), default=0) / 1024:.0f} ({lim}) | "
-            f"{max((r['registers'] for r in ok), default=0)} | {sum(r['spill_bytes'] for r in ok)} | "
-            f"{max((r['compile_s'] for r in ok), default=0):.1f} |"
+        rows.append(
+            (
+                kernel,
+                f"sm_{arch}",
+                len(rs),
+                sum(not r["ok"] for r in rs),
+                f"{max((r['shared_bytes'] for r in ok), default=0) / 1024:.0f} ({SMEM_LIMIT[arch] // 1024})",
+                max((r["registers"] for r in ok), default=0),
+                sum(r["spill_bytes"] for r in ok),
+                f"{max((r['compile_s'] for r in ok), default=0):.1f}",
+            )
         )
-    return "\n".join(lines) + "\n"
+    header = ("kernel", "arch", "configs", "failed", "max shared KiB (limit)", "max registers", "spill bytes")
+    title = (
+        f"Triton {report['triton']}: {report['configurations']} configurations x sm_"
+        + ", sm_".join(map(str, report["archs"]))
+        + f", compiled in {report['wall_s']} s wall"
+        + (" from an empty cache (compile times of a first call)." if report.get("cold_cache") else ".")
+    )
+    return title + "\n\n" + table((*header, "max compile s"), rows)
 
 
 def main(argv: list[str] | None = None) -> int:
