@@ -81,6 +81,8 @@ def main() -> int:
     parser.add_argument("--out", type=pathlib.Path)
     parser.add_argument("--nvcc", default=shutil.which("nvcc") or "nvcc")
     args = parser.parse_args()
+    if shutil.which(args.nvcc) is None:
+        parser.error(f"--nvcc {args.nvcc!r}: no such compiler (install the CUDA toolkit or pass its path)")
     rows = check(args.nvcc)
     table = markdown(rows)
     if args.out:

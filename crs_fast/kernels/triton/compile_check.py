@@ -353,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="compile processes (default: one per core)")
     parser.add_argument("--cold", action="store_true", help="an empty Triton cache: compile times of a first call")
     args = parser.parse_args(argv)
-    report = check(tuple(args.arch), args.workers, cold=args.cold)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    try:
+        report = check(tuple(args.arch), args.workers, cold=args.cold)
+    except RuntimeError as exc:  # TRITON_INTERPRET=1
+        parser.error(str(exc))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
