@@ -1,13 +1,12 @@
 """Speed of each framework's functions, original against crs_fast-patched, in one process on
 the same inputs (CPU, fp32, median of repetitions). Writes bench/results/integrations-<name>-<date>.json.
 
-OpenRLHF's modules are imported with its GPU-only dependencies stubbed (tests/frameworks.py)."""
+OpenRLHF's modules are imported with its GPU-only dependencies stubbed (crs_fast.integrations.cpu_import)."""
 
 import argparse
 import datetime
 import json
 import pathlib
-import sys
 import types
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 from crs_fast._timing import median_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 B, T, N, V = 64, 1024, 2048, 49152
 
 
@@ -84,9 +82,9 @@ def verl_cases(x):
 
 
 def openrlhf_cases(x):
-    from frameworks import import_openrlhf
+    from crs_fast.integrations.cpu_import import import_openrlhf_modules
 
-    utils, loss, em = import_openrlhf()
+    utils, loss, em = import_openrlhf_modules()
     pl, vl = loss.PolicyLoss(dual_clip=3.0), loss.ValueLoss(clip_eps=0.2)
     return [
         (

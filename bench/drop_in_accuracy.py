@@ -4,12 +4,11 @@ outputs (and gradients) are bit-equal, and the largest error of each against the
 
     python bench/drop_in_accuracy.py        # writes bench/results/drop-in-accuracy.{json,md}
 
-OpenRLHF's modules are imported with its GPU-only dependencies stubbed (tests/frameworks.py)."""
+OpenRLHF's modules are imported with its GPU-only dependencies stubbed (crs_fast.integrations.cpu_import)."""
 
 import argparse
 import json
 import pathlib
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -18,7 +17,6 @@ import torch
 from crs_fast._markdown import table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 B, T, N, V = 16, 256, 256, 4096
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -88,9 +86,9 @@ def verl_cases() -> list[Case]:
 
 
 def openrlhf_cases() -> list[Case]:
-    from frameworks import import_openrlhf
+    from crs_fast.integrations.cpu_import import import_openrlhf_modules
 
-    utils, loss, em = import_openrlhf()
+    utils, loss, em = import_openrlhf_modules()
     pl, vl = loss.PolicyLoss(dual_clip=3.0), loss.ValueLoss(clip_eps=0.2)
     return [
         ("compute_approx_kl k3", lambda x: utils.compute_approx_kl(x["lp"], x["ref"], kl_estimator="k3"), ("lp",)),

@@ -25,14 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         "bench", help="benchmarks against the reference, torch.compile and published code", add_help=False
     )
     bench.add_argument("bench_args", nargs="*", help="the benchmark runner's arguments (crs-fast bench --help)")
-    from .crs import cli as data_cli
-    from .crs import rlhf_cli
+    from .crs.data import cli as data_cli
+    from .crs.rlhf import cli as rlhf_cli
 
     rlhf_cli.add_commands(sub)
     data_cli.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "ops-demo":
-        from .demo import run_demo
+        from .ops_demo import run_demo
 
         return run_demo(quick=args.quick)
     if args.command in rlhf_cli.STAGES:

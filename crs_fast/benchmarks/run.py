@@ -254,12 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
 
     console = Console(stderr=True)
-    from ..ops import _lib
+    from .. import _native
+    from ..ops import _dispatch
 
-    backend = _lib.resolve_backend("", torch.device(args.device))
+    backend = _dispatch.resolve_backend("", torch.device(args.device))
     if args.device == "cpu" and backend != "cpu":
         console.print(
-            f"[bold red]crs_fast's compiled kernels did not load ({_lib._C_ERROR}); the crs_fast rows "
+            f"[bold red]crs_fast's compiled kernels did not load ({_native.C_ERROR}); the crs_fast rows "
             "below measure the reference, not the kernels[/]"
         )
     lim = limits.measure(args.device, args.quick)

@@ -1,34 +1,16 @@
-"""The conversational-recommender application: data (ReDial, OpenDialKG, synthetic users),
-implicit-feedback labels, and the user simulator."""
+"""The conversational recommender.
 
-from .labels import TurnFeedback, feedback_labels, label_coverage
-from .opendialkg import load_opendialkg, load_opendialkg_catalog
-from .redial import load_redial, load_redial_catalog
-from .schema import Catalog, DataError, Dialogue, DialogueSet, Item, LoadStats, RecSample, Turn, data_dir
-from .simulator import Feedback, UserSimulator, generate_catalog, write_synthetic_redial
-from .splits import rec_samples, split_dialogues
+* :mod:`crs_fast.crs.data`: the data layer. ReDial and OpenDialKG loaders, the common schema,
+  implicit-feedback labels, recommendation samples and splits, the user simulator and the
+  generated catalogs and dialogues (the ``crs-fast data`` commands).
+* :mod:`crs_fast.crs.rlhf`: the RLHF application on top of it. SFT, the reward model R_phi on
+  implicit feedback, multi-turn PPO through the crs_fast ops, evaluation, and the
+  ``crs-fast sft | train-rm | ppo | eval | demo`` stages.
 
-__all__ = [
-    "Catalog",
-    "DataError",
-    "Dialogue",
-    "DialogueSet",
-    "Feedback",
-    "Item",
-    "LoadStats",
-    "RecSample",
-    "Turn",
-    "TurnFeedback",
-    "UserSimulator",
-    "data_dir",
-    "feedback_labels",
-    "generate_catalog",
-    "label_coverage",
-    "load_opendialkg",
-    "load_opendialkg_catalog",
-    "load_redial",
-    "load_redial_catalog",
-    "rec_samples",
-    "split_dialogues",
-    "write_synthetic_redial",
-]
+The data layer's public names are re-exported here (``from crs_fast.crs import load_redial``).
+"""
+
+from . import data
+from .data import *  # noqa: F403  (the data layer's public names, listed in crs_fast.crs.data.__all__)
+
+__all__ = list(data.__all__)

@@ -3,12 +3,12 @@ REINFORCE returns and GRPO/RLOO group advantages. None of these carry gradients.
 
 import torch
 
+from .. import _native
+from .._native import _C, as_mask, dtype_code, empty, nthreads, ptr
+from ..kernels import launcher
 from . import _validate as V
 from . import reference
-from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, gpu_kernels, nthreads, ptr, resolve_backend
-
-_GAE_MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
-_GROUP_MODES = {"grpo": 0, "rloo": 1}
+from ._dispatch import call, check_backend_arg, resolve_backend
 
 
 @torch.library.custom_op("crs_fast::gae", mutates_args=())
@@ -24,8 +24,7 @@ def _gae_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r, v, m = rewards.contiguous(), values.contiguous(), as_mask(mask)
     if backend in ("triton", "cuda"):
-        tk = gpu_kernels(backend, "gae")
-
+        tk = launcher("gae", backend)
         return tk.gae(r, v, m, gamma, lam, mode, whiten)
     adv, ret = empty(r.shape, r), empty(r.shape, r)
     B, T = r.shape
@@ -40,7 +39,7 @@ def _gae_op(
         T,
         gamma,
         lam,
-        _GAE_MODES[mode],
+        _native.GAE_MODES[mode],
         whiten,
         nthreads(),
     )
@@ -81,7 +80,7 @@ def gae(
     V.same_dtype("rewards", rewards, values=values)
     V.non_empty("rewards", rewards)
     gamma, lam = V.unit_interval("gamma", gamma), V.unit_interval("lam", lam)
-    V.choice("mode", mode, tuple(_GAE_MODES))
+    V.choice("mode", mode, tuple(_native.GAE_MODES))
     be = resolve_backend(check_backend_arg(backend), rewards.device, "gae")
     if be == "torch":
         return reference.gae(rewards, values, mask, gamma=gamma, lam=lam, mode=mode, whiten=bool(whiten))
@@ -160,7 +159,7 @@ def _group_op(
 ) -> torch.Tensor:
     s, g = scores.contiguous(), group_ids.to(torch.int64).contiguous()
     out = empty(s.shape, s)
-    _C.group_advantages(dtype_code(s), ptr(s), ptr(g), ptr(out), s.numel(), _GROUP_MODES[mode], eps, norm_by_std)
+    _C.group_advantages(dtype_code(s), ptr(s), ptr(g), ptr(out), s.numel(), _native.GROUP_MODES[mode], eps, norm_by_std)
     return out
 
 
@@ -191,7 +190,7 @@ def group_advantages(
     V.same_shape("scores", scores, group_ids=group_ids)
     V.same_device("scores", scores, group_ids=group_ids, mask=mask)
     V.non_empty("scores", scores)
-    V.choice("mode", mode, tuple(_GROUP_MODES))
+    V.choice("mode", mode, tuple(_native.GROUP_MODES))
     eps = V.number("eps", eps, min_value=0.0)
     if mask is not None:
         V.mask_tensor("mask", mask)

@@ -4,27 +4,13 @@ statistics and the gradient epilogue through the C++ kernels. Extra memory O(N *
 
 import torch
 
+from .._native import _C, acc_dtype, dtype_code, empty, nthreads, ptr
+from ..kernels import launcher
+from ..kernels._rows import vocab_chunk as default_chunk
 from . import _validate as V
 from . import reference
-from ._lib import (
-    _C,
-    acc_dtype,
-    call,
-    call_autograd,
-    check_backend_arg,
-    dtype_code,
-    eager_autograd,
-    empty,
-    nthreads,
-    ptr,
-    resolve_backend,
-)
-from .logprobs import check_labels
-
-
-def default_chunk(n_tokens: int) -> int:
-    """Vocabulary block: about 4M scores per block (16 MiB in float32), 256 to 8192 columns."""
-    return max(256, min(8192, ((1 << 22) // max(n_tokens, 1)) // 128 * 128))
+from ._dispatch import call, call_autograd, check_backend_arg, eager_autograd, resolve_backend
+from .token_logprobs import check_labels
 
 
 def _blocks(vocab: int, chunk: int):
@@ -45,8 +31,7 @@ def _llp_op(
     y = labels.to(torch.int64).contiguous()
     check_labels(y, weight.shape[0], ignore_index)
     if backend == "triton":
-        from ..kernels.triton import linear_logprobs as tk
-
+        tk = launcher("linear_logprobs", "triton")
         return tk.forward(hidden.contiguous(), weight.contiguous(), y, 1.0 / temperature, ignore_index)
     acc = acc_dtype(hidden)
     h = hidden.to(acc).contiguous()
@@ -92,8 +77,7 @@ def _llp_bwd_op(
     zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
     hidden = torch.where((y == ignore_index)[:, None], zero, hidden)
     if backend == "triton":
-        from ..kernels.triton import linear_logprobs as tk
-
+        tk = launcher("linear_logprobs", "triton")
         h, w = hidden.contiguous(), weight.contiguous()
         return tk.backward(grad_lp, grad_ent, h, w, y, lse, ent, 1.0 / temperature, ignore_index, chunk_size)
     acc = acc_dtype(hidden)

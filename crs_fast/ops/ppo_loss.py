@@ -3,31 +3,62 @@ for the gradient."""
 
 import torch
 
+from .. import _native
+from .._native import _C, acc_dtype, as_mask, dtype_code, empty, nthreads, ptr, sentinel
+from ..kernels import launcher
+from ..kernels._rows import aggregate, grad_weights, params
 from . import _validate as V
 from . import reference
-from ._lib import (
-    _C,
-    acc_dtype,
-    as_mask,
-    call,
-    call_autograd,
-    check_backend_arg,
-    dtype_code,
-    eager_autograd,
-    empty,
-    gpu_kernels,
-    nthreads,
-    ptr,
-    resolve_backend,
-    sentinel,
-)
+from ._dispatch import call, call_autograd, check_backend_arg, eager_autograd, resolve_backend
 
 AGG_MODES = reference.AGG_MODES
-_AGG = {name: i for i, name in enumerate(AGG_MODES)}
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=acc_dtype(like), device=like.device)
+
+
+def _gpu_forward(op: str, backend: str, policy: bool, x, y, z, m, agg: str, p: tuple) -> tuple[torch.Tensor, ...]:
+    """A GPU backend's per-row partial sums, aggregated over rows in float64."""
+    parts = launcher(op, backend).rows_forward(policy, x, y, z, m, *p)
+    return tuple(_scalar(v, x) for v in aggregate(policy, parts, x.shape[1], agg))
+
+
+def _gpu_backward(op: str, backend: str, policy: bool, grad: float, x, y, z, m, agg: str, p: tuple) -> torch.Tensor:
+    """A GPU backend's gradient: per-token gradients times each row's weight in the aggregate."""
+    return launcher(op, backend).rows_backward(policy, x, y, z, m, grad_weights(policy, grad, m, agg), *p)
+
+
+def _differentiable(op, backward_op, n_tensors: int = 4):
+    """Register ``backward_op`` (grad, the op's inputs) as the gradient of ``op``'s first output
+    with respect to its first input; its other outputs (statistics) are not differentiable.
+    Returns the eager autograd function for :func:`call_autograd`."""
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n_tensors])
+        ctx.args = inputs[n_tensors:]
+        ctx.mark_non_differentiable(*output[1:])
+
+    def backward(ctx, grad, *unused):
+        g = call(backward_op, grad, *ctx.saved_tensors, *ctx.args)
+        return (g,) + (None,) * (n_tensors - 1 + len(ctx.args))
+
+    op.register_autograd(backward, setup_context=setup)
+    return eager_autograd(op, setup, backward)
+
+
+def _check_tensors(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """Three float [B, T] tensors of one shape, dtype and device (the first names the errors), a
+    mask of the same shape and device, nothing empty."""
+    (first, t0), *rest = tensors.items()
+    for name, t in tensors.items():
+        V.tensor(name, t, ndim=2, floating=True)
+    V.mask_tensor("mask", mask)
+    others = dict(rest)
+    V.same_shape(first, t0, **others, mask=mask)
+    V.same_device(first, t0, **others, mask=mask)
+    V.same_dtype(first, t0, **others)
+    V.non_empty(first, t0)
 
 
 @torch.library.custom_op("crs_fast::ppo_policy_loss", mutates_args=())
@@ -45,10 +76,8 @@ def _policy_op(
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
     B, T = lp.shape
     if backend in ("triton", "cuda"):
-        tk = gpu_kernels(backend, "ppo_loss")
-
-        stats = tk.losses_forward(True, lp, old, adv, m, agg, clip_low, clip_high, sentinel(dual_clip))
-        return tuple(_scalar(x, lp) for x in stats)
+        p = params(True, clip_low, clip_high, sentinel(dual_clip), -1.0)
+        return _gpu_forward("ppo_policy_loss", backend, True, lp, old, adv, m, agg, p)
     loss, cf, cfl, kl = _C.policy_loss_forward(
         dtype_code(lp),
         ptr(lp),
@@ -60,7 +89,7 @@ def _policy_op(
         clip_low,
         clip_high,
         sentinel(dual_clip),
-        _AGG[agg],
+        _native.AGG_MODES[agg],
         nthreads(),
     )
     return _scalar(loss, lp), _scalar(cf, lp), _scalar(cfl, lp), _scalar(kl, lp)
@@ -86,9 +115,8 @@ def _policy_bwd_op(
 ) -> torch.Tensor:
     lp, old, adv, m = logp.contiguous(), old_logp.contiguous(), advantages.contiguous(), as_mask(mask)
     if backend in ("triton", "cuda"):
-        tk = gpu_kernels(backend, "ppo_loss")
-
-        return tk.losses_backward(True, float(grad), lp, old, adv, m, agg, clip_low, clip_high, sentinel(dual_clip))
+        p = params(True, clip_low, clip_high, sentinel(dual_clip), -1.0)
+        return _gpu_backward("ppo_policy_loss", backend, True, float(grad), lp, old, adv, m, agg, p)
     out = empty(lp.shape, lp)
     B, T = lp.shape
     _C.policy_loss_backward(
@@ -104,7 +132,7 @@ def _policy_bwd_op(
         clip_low,
         clip_high,
         sentinel(dual_clip),
-        _AGG[agg],
+        _native.AGG_MODES[agg],
         nthreads(),
     )
     return out
@@ -115,19 +143,7 @@ def _(grad, logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, ag
     return empty(logp.shape, logp)
 
 
-def _policy_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
-    ctx.args = inputs[4:]
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _policy_backward(ctx, grad, *unused):
-    g = call(_policy_bwd_op, grad, *ctx.saved_tensors, *ctx.args)
-    return (g,) + (None,) * 8
-
-
-_policy_op.register_autograd(_policy_backward, setup_context=_policy_setup)
-_EAGER_POLICY_OP = eager_autograd(_policy_op, _policy_setup, _policy_backward)
+_EAGER_POLICY_OP = _differentiable(_policy_op, _policy_bwd_op)
 
 
 def ppo_policy_loss(
@@ -152,13 +168,7 @@ def ppo_policy_loss(
     (fraction with ``l2 > l1``), "clipfrac_lower" (dual clip active) and "approx_kl"
     (``mean(old_logp - logp)``), all over the mask. Float32 results (float64 inputs: float64).
     """
-    for name, t in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
-        V.tensor(name, t, ndim=2, floating=True)
-    V.mask_tensor("mask", mask)
-    V.same_shape("logp", logp, old_logp=old_logp, advantages=advantages, mask=mask)
-    V.same_device("logp", logp, old_logp=old_logp, advantages=advantages, mask=mask)
-    V.same_dtype("logp", logp, old_logp=old_logp, advantages=advantages)
-    V.non_empty("logp", logp)
+    _check_tensors(mask, logp=logp, old_logp=old_logp, advantages=advantages)
     clip_low = V.number("clip_low", clip_low, min_value=0.0)
     clip_high = V.number("clip_high", clip_high, min_value=0.0)
     if clip_low > 1.0:
@@ -190,11 +200,10 @@ def _value_op(
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     B, T = v.shape
     if backend in ("triton", "cuda"):
-        tk = gpu_kernels(backend, "ppo_loss")
-
-        return tuple(_scalar(x, v) for x in tk.losses_forward(False, v, old, ret, m, agg, eps=sentinel(clip)))
+        p = params(False, 0.0, 0.0, -1.0, sentinel(clip))
+        return _gpu_forward("ppo_value_loss", backend, False, v, old, ret, m, agg, p)
     loss, cf = _C.value_loss_forward(
-        dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, sentinel(clip), _AGG[agg], nthreads()
+        dtype_code(v), ptr(v), ptr(old), ptr(ret), ptr(m), B, T, sentinel(clip), _native.AGG_MODES[agg], nthreads()
     )
     return _scalar(loss, v), _scalar(cf, v)
 
@@ -217,9 +226,8 @@ def _value_bwd_op(
 ) -> torch.Tensor:
     v, old, ret, m = values.contiguous(), old_values.contiguous(), returns.contiguous(), as_mask(mask)
     if backend in ("triton", "cuda"):
-        tk = gpu_kernels(backend, "ppo_loss")
-
-        return tk.losses_backward(False, float(grad), v, old, ret, m, agg, eps=sentinel(clip))
+        p = params(False, 0.0, 0.0, -1.0, sentinel(clip))
+        return _gpu_backward("ppo_value_loss", backend, False, float(grad), v, old, ret, m, agg, p)
     out = empty(v.shape, v)
     B, T = v.shape
     _C.value_loss_backward(
@@ -233,7 +241,7 @@ def _value_bwd_op(
         B,
         T,
         sentinel(clip),
-        _AGG[agg],
+        _native.AGG_MODES[agg],
         nthreads(),
     )
     return out
@@ -244,19 +252,7 @@ def _(grad, values, old_values, returns, mask, clip, agg, backend):
     return empty(values.shape, values)
 
 
-def _value_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
-    ctx.args = inputs[4:]
-    ctx.mark_non_differentiable(output[1])
-
-
-def _value_backward(ctx, grad, unused):
-    g = call(_value_bwd_op, grad, *ctx.saved_tensors, *ctx.args)
-    return (g,) + (None,) * 6
-
-
-_value_op.register_autograd(_value_backward, setup_context=_value_setup)
-_EAGER_VALUE_OP = eager_autograd(_value_op, _value_setup, _value_backward)
+_EAGER_VALUE_OP = _differentiable(_value_op, _value_bwd_op)
 
 
 def ppo_value_loss(
@@ -273,13 +269,7 @@ def ppo_value_loss(
     ``v_c = clamp(v, v_old - clip, v_old + clip)`` (``clip=None``: unclipped, ``old_values`` not read) -> (loss, stats);
     differentiable in ``values``. ``stats["clipfrac"]``: fraction of masked tokens where the
     clipped term is larger. Aggregations as :func:`ppo_policy_loss`."""
-    for name, t in (("values", values), ("old_values", old_values), ("returns", returns)):
-        V.tensor(name, t, ndim=2, floating=True)
-    V.mask_tensor("mask", mask)
-    V.same_shape("values", values, old_values=old_values, returns=returns, mask=mask)
-    V.same_device("values", values, old_values=old_values, returns=returns, mask=mask)
-    V.same_dtype("values", values, old_values=old_values, returns=returns)
-    V.non_empty("values", values)
+    _check_tensors(mask, values=values, old_values=old_values, returns=returns)
     if clip is not None:
         clip = V.number("clip", clip, min_value=0.0)
     V.choice("agg", agg, AGG_MODES)

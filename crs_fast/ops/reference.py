@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from ._lib import acc_dtype
+from .. import _native
+from .._native import KL_KINDS, acc_dtype
+from ..kernels._rows import last_valid, standardize, whiten_stats
+from ..kernels._rows import select as _where
 
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-GAE_MODES = ("verl", "trl", "openrlhf")
-KL_KINDS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
+AGG_MODES = tuple(_native.AGG_MODES)
+GAE_MODES = tuple(_native.GAE_MODES)
+__all__ = ["AGG_MODES", "GAE_MODES", "KL_KINDS", "acc_dtype", "last_valid", "standardize", "whiten_stats"]
 
 
 def _cdt(x: torch.Tensor, compute: torch.dtype | None) -> torch.dtype:
@@ -30,44 +33,10 @@ def _cdt(x: torch.Tensor, compute: torch.dtype | None) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _where(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x`` where the mask ``m`` is nonzero, else 0 (a select: a NaN outside the mask is dropped)."""
-    return torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """``min(max(x, lo), hi)`` as selects: NaN stays NaN and its gradient flows (torch.clamp's
     gradient is 0 at NaN, which would hide it), as in the kernels."""
     return torch.where(x < lo, lo, torch.where(x > hi, hi, x))
-
-
-def last_valid(mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last nonzero mask entry, -1 for an empty row (int64 [B])."""
-    pos = torch.arange(mask.shape[1], device=mask.device)
-    return torch.where(mask != 0, pos, torch.full_like(pos, -1)).max(dim=1).values
-
-
-def whiten_stats(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> tuple[torch.Tensor, ...]:
-    """(mean, rsqrt(var + 1e-8)) of ``x`` over ``m != 0`` (clamp_eps: rsqrt(max(var, 1e-8))), in
-    float64 as the kernels accumulate them (float32 squares overflow from |x| ~ 2e19); an empty
-    mask gives (0, 1)."""
-    x64, keep = x.double(), m != 0
-    n = keep.sum().double()
-    if n == 0:
-        return x64.new_zeros(()), x64.new_ones(())
-    mean = _where(keep, x64).sum() / n
-    var = _where(keep, (x64 - mean) ** 2).sum() / n
-    if unbiased and n > 1:
-        var = var * n / (n - 1)
-    rstd = torch.rsqrt(var.clamp(min=1e-8)) if clamp_eps else torch.rsqrt(var + 1e-8)
-    return mean, rstd
-
-
-def standardize(x: torch.Tensor, m: torch.Tensor, *, unbiased: bool, clamp_eps: bool) -> torch.Tensor:
-    """(x - mean) * rsqrt(var + 1e-8) over the mask (clamp_eps: rsqrt(max(var, 1e-8))), every
-    element transformed, in ``x``'s dtype; an empty mask leaves ``x`` as it is (mean 0, rstd 1)."""
-    mean, rstd = whiten_stats(x, m, unbiased=unbiased, clamp_eps=clamp_eps)
-    return (x - mean.to(x.dtype)) * rstd.to(x.dtype)
 
 
 @torch.no_grad()

@@ -1,12 +1,12 @@
-"""Token-level rewards with the KL penalty, and the fixed and adaptive KL coefficient controllers."""
-
-import math
+"""Token-level rewards: the sequence score on each row's last valid token minus beta times the per-token KL."""
 
 import torch
 
+from .._native import _C, as_mask, dtype_code, empty, nthreads, ptr
+from ..kernels import launcher
 from . import _validate as V
 from . import reference
-from ._lib import _C, as_mask, call, check_backend_arg, dtype_code, empty, gpu_kernels, nthreads, ptr, resolve_backend
+from ._dispatch import call, check_backend_arg, resolve_backend
 
 
 @torch.library.custom_op("crs_fast::token_rewards", mutates_args=())
@@ -21,8 +21,7 @@ def _rewards_op(
 ) -> torch.Tensor:
     s, k, m = scores.to(kl.dtype).contiguous(), kl.contiguous(), as_mask(mask)
     if backend in ("triton", "cuda"):
-        tk = gpu_kernels(backend, "token_rewards")
-
+        tk = launcher("token_rewards", backend)
         return tk.token_rewards(s, k, m, beta, clip_lo, clip_hi)
     out = empty(k.shape, k)
     _C.token_rewards(
@@ -72,41 +71,3 @@ def token_rewards(
     if be == "torch":
         return reference.token_rewards(scores, kl, mask, beta=beta, clip=None if clip is None else (lo, hi))
     return call(_rewards_op, scores, kl, mask, beta, lo, hi, be)
-
-
-class FixedKLController:
-    """A constant KL coefficient ``value``."""
-
-    def __init__(self, beta: float) -> None:
-        self.value = V.number("beta", beta, min_value=0.0)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        """No change; returns the coefficient."""
-        return self.value
-
-
-class AdaptiveKLController:
-    """Ziegler et al.'s proportional controller:
-    ``beta *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``."""
-
-    def __init__(self, beta: float, target: float, horizon: float) -> None:
-        self.value = V.number("beta", beta, min_value=0.0)
-        self.target = V.number("target", target, min_value=0.0, strict=True)
-        self.horizon = V.number("horizon", horizon, min_value=0.0, strict=True)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        """Move the coefficient towards the KL target; returns the new coefficient.
-
-        The step factor ``1 + error * n_steps / horizon`` is kept in [0.5, 2] (``n_steps`` larger
-        than the horizon would otherwise flip beta's sign or blow it up), so beta stays positive
-        and finite (a positive beta stays positive). A NaN or infinite ``current_kl`` raises
-        ValueError and leaves beta unchanged.
-        """
-        kl = float(current_kl)
-        if not math.isfinite(kl):
-            raise ValueError(f"`current_kl` must be finite, got {kl} (beta stays {self.value})")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-            raise ValueError(f"`n_steps` must be a non-negative int, got {n_steps!r}")
-        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= min(max(1.0 + error * n_steps / self.horizon, 0.5), 2.0)
-        return self.value

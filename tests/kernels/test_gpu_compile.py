@@ -33,7 +33,7 @@ def triton_report():
 def test_every_launched_kernel_is_covered(triton_report):
     assert not triton_report["missing_kernels"], "kernels no launcher call reached"
     kernels = {r["kernel"] for r in triton_report["rows"]}
-    assert {"topk._topk_kernel", "linear_logprobs._fwd", "gae._chunked", "kl._kl_bwd"} <= kernels
+    assert {"topk_scores._topk_kernel", "linear_logprobs._fwd", "gae._chunked", "kl_penalty._kl_bwd"} <= kernels
 
 
 def test_every_configuration_compiles_for_sm80_and_sm90(triton_report):

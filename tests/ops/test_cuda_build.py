@@ -8,17 +8,18 @@ import pytest
 import torch
 
 import crs_fast as cf
-from crs_fast.ops import _lib
+from crs_fast import _native, kernels
+from crs_fast.ops import _dispatch
 
 
 def test_cuda_kernels_were_compiled_where_nvcc_exists():
     if shutil.which("nvcc") is None and os.environ.get("CUDACXX") is None:
         pytest.skip("no nvcc on this machine: the build skipped the CUDA kernels (CRS_FAST_CUDA=AUTO)")
-    assert _lib._C is not None
-    assert _lib._C.with_cuda, "nvcc is on PATH but crs_fast._C was built without the CUDA kernels"
-    for op in _lib.CUDA_OPS:
-        assert op in _lib.TRITON_OPS
-    names = {n for n in dir(_lib._C) if n.startswith("cuda_")}
+    assert _native._C is not None
+    assert _native._C.with_cuda, "nvcc is on PATH but crs_fast._C was built without the CUDA kernels"
+    for op in kernels.CUDA_OPS:
+        assert op in kernels.TRITON_OPS
+    names = {n for n in dir(_native._C) if n.startswith("cuda_")}
     assert {"cuda_gae_scan", "cuda_kl_forward", "cuda_logprobs_forward", "cuda_topk_block_merge"} <= names
 
 
@@ -29,13 +30,13 @@ def test_cuda_backend_refuses_cpu_tensors_and_says_why():
 
 
 def test_fused_lm_head_is_triton_only():
-    assert "linear_logprobs" not in _lib.CUDA_OPS
-    assert "Triton-only" in _lib._why_not("cuda", torch.device("cuda"), "linear_logprobs")
+    assert "linear_logprobs" not in kernels.CUDA_OPS
+    assert "Triton-only" in _dispatch._why_not("cuda", torch.device("cuda"), "linear_logprobs")
 
 
 def test_gpu_dispatch_table_covers_every_gpu_op_with_its_evidence():
-    assert set(_lib.GPU_DISPATCH) == set(_lib.TRITON_OPS)
-    for op, (backend, evidence) in _lib.GPU_DISPATCH.items():
+    assert set(kernels.GPU_DISPATCH) == set(kernels.TRITON_OPS)
+    for op, (backend, evidence) in kernels.GPU_DISPATCH.items():
         assert backend in ("triton", "cuda")
-        assert op in (_lib.TRITON_OPS if backend == "triton" else _lib.CUDA_OPS)
+        assert op in (kernels.TRITON_OPS if backend == "triton" else kernels.CUDA_OPS)
         assert evidence, f"{op}: the table must say which measurement backs its entry"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import crs_fast as cf
-from crs_fast.ops import _lib
+from crs_fast import _native
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def test_tests_use_the_installed_package():
     path = pathlib.Path(cf.__file__).resolve()
     assert REPO / "crs_fast" not in path.parents, f"crs_fast imported from the source tree: {path}"
-    assert _lib._C is not None, _lib._C_ERROR
+    assert _native._C is not None, _native.C_ERROR
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

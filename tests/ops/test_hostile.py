@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import crs_fast as cf
 from crs_fast.ops import reference as R
-from crs_fast.ops.token_rewards import AdaptiveKLController
+from crs_fast.ops.kl_controllers import AdaptiveKLController
 
 BACKENDS = ("cpu", "torch")
 IDS = [c.name for c in CASES]

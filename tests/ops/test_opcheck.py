@@ -11,7 +11,7 @@ import crs_fast.ops  # noqa: F401  (registers the ops)
 # the package re-exports functions named like some op modules, so import the modules by path
 G, K, LL, L, P, TR, TK = (
     importlib.import_module(f"crs_fast.ops.{name}")
-    for name in ("gae", "kl", "linear_logprobs", "logprobs", "ppo_loss", "token_rewards", "topk")
+    for name in ("gae", "kl_penalty", "linear_logprobs", "token_logprobs", "ppo_loss", "token_rewards", "topk_scores")
 )
 
 

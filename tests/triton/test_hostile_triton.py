@@ -13,7 +13,7 @@ import crs_fast as cf
 
 require("triton")
 
-from crs_fast.ops._lib import TRITON_OPS  # noqa: E402
+from crs_fast.kernels import TRITON_OPS  # noqa: E402
 
 TRITON_CASES = [c for c in CASES if c.name.split("-")[0] in TRITON_OPS]  # masked_whiten etc. are CPU-only
 IDS = [c.name for c in TRITON_CASES]

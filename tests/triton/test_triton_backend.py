@@ -174,8 +174,8 @@ def test_topk_scores(dtype, shape, extras, backend, gen):
 
 
 def test_topk_large_k_needs_another_backend():
-    from crs_fast.kernels.triton.topk import MAX_K
-    from crs_fast.ops.topk import TRITON_MAX_K
+    from crs_fast.kernels.triton.topk_scores import MAX_K
+    from crs_fast.ops.topk_scores import TRITON_MAX_K
 
     assert MAX_K == TRITON_MAX_K
     x = torch.zeros(2, 3, 300, device=DEVICE)[0]

@@ -4,7 +4,7 @@ ops pick either module by backend name. Every launch goes on the current torch C
 
 import torch
 
-from ...ops._lib import _C
+from ..._native import _C
 
 
 def unavailable(device_type: str) -> str:

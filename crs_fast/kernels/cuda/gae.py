@@ -3,12 +3,9 @@ whitening then uses the reference's formula on the raw advantages."""
 
 import torch
 
-from ...ops import reference
-from ...ops._lib import _C, acc_dtype, dtype_code, ptr
-from .._rows import finish_gae
+from ..._native import _C, GAE_MODES, acc_dtype, dtype_code, ptr
+from .._rows import finish_gae, last_valid
 from . import stream
-
-_MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
 
 
 def gae(
@@ -18,7 +15,7 @@ def gae(
     B, T = r.shape
     adv = torch.empty(B, T, dtype=acc_dtype(r), device=r.device)
     ret = torch.empty_like(r)
-    last = reference.last_valid(m).contiguous()
+    last = last_valid(m).contiguous()
     _C.cuda_gae_scan(
         dtype_code(r),
         ptr(r),
@@ -31,7 +28,7 @@ def gae(
         T,
         gamma,
         gamma * lam,
-        _MODES[mode],
+        GAE_MODES[mode],
         stream(r),
     )
     return finish_gae(adv, m, mode, whiten, r.dtype), ret

@@ -2,8 +2,8 @@
 
 import torch
 
-from ...ops._lib import _C, dtype_code, ptr
-from ...ops.reference import last_valid
+from ..._native import _C, dtype_code, ptr
+from .._rows import last_valid
 from . import stream
 
 

@@ -127,15 +127,15 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # what t
 
 def launcher_calls() -> Iterator[None]:
     """Every launcher over the choices its callers can make, at GPU-sized shapes."""
-    from . import gae, kl, linear_logprobs, logprobs, ppo_loss, token_rewards, topk
+    from . import gae, kl_penalty, linear_logprobs, ppo_loss, token_logprobs, token_rewards, topk_scores
 
     B, T, N, V, H = 64, 4096, 512, 151_936, 2048
     for dt in FLOATS:
         for kind in range(4):
             for straight in (False, True):
-                _launch(kl.kl_forward, _meta(B, T, dtype=dt), _meta(B, T, dtype=dt), kind, straight, -1.0)
+                _launch(kl_penalty.kl_forward, _meta(B, T, dtype=dt), _meta(B, T, dtype=dt), kind, straight, -1.0)
                 _launch(
-                    kl.kl_backward,
+                    kl_penalty.kl_backward,
                     _meta(B, T, dtype=dt),
                     _meta(B, T, dtype=dt),
                     _meta(B, T, dtype=dt),
@@ -151,16 +151,17 @@ def launcher_calls() -> Iterator[None]:
                 yield
         for policy in (True, False):
             x = [_meta(B, T, dtype=dt) for _ in range(3)]
-            _launch(ppo_loss.losses_forward, policy, *x, m, "token-mean", 0.2, 0.2, 3.0, 0.2)
-            _launch(ppo_loss.losses_backward, policy, 1.0, *x, m, "token-mean", 0.2, 0.2, 3.0, 0.2)
+            p = (0.2, 0.2, 3.0) if policy else (0.2, 0.0, 0.0)
+            _launch(ppo_loss.rows_forward, policy, *x, m, *p)
+            _launch(ppo_loss.rows_backward, policy, *x, m, _meta(B, dtype=torch.float32), *p)
             yield
         _launch(token_rewards.token_rewards, _meta(B, dtype=dt), _meta(B, T, dtype=dt), m, 0.05, -1.0, 1.0)
         y = _meta(N, dtype=torch.int64)
-        _launch(logprobs.forward, _meta(N, V, dtype=dt), y, 1.0, -100)
+        _launch(token_logprobs.forward, _meta(N, V, dtype=dt), y, 1.0, -100)
         for with_entropy in (False, True):
             stats = [_meta(N) for _ in range(3)]
             _launch(
-                logprobs.backward,
+                token_logprobs.backward,
                 _meta(N, V, dtype=dt),
                 y,
                 stats[0],
@@ -189,9 +190,9 @@ def launcher_calls() -> Iterator[None]:
         if dt != torch.float64:  # the op sends float64 to another backend (crs_fast.ops.linear_logprobs)
             _launch(linear_logprobs.forward, _meta(N, H, dtype=dt), _meta(V, H, dtype=dt), y, 1.0, -100)
         n_items = 1_000_000
-        for k in sorted(k for k in {1, 10, 16, 17, 33, 50, 64, 100, 128, 200, 256} if k <= topk.MAX_K):
+        for k in sorted(k for k in {1, 10, 16, 17, 33, 50, 64, 100, 128, 200, 256} if k <= topk_scores.MAX_K):
             for d, bias, ex in ((32, None, None), (256, _meta(n_items), _meta(1024, 5, dtype=torch.int64))):
-                _launch(topk.topk, _meta(1024, d, dtype=dt), _meta(n_items, d, dtype=dt), k, bias, ex)
+                _launch(topk_scores.topk, _meta(1024, d, dtype=dt), _meta(n_items, d, dtype=dt), k, bias, ex)
                 yield
 
 

@@ -14,12 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops import reference
-from .._rows import finish_gae
+from ..._native import GAE_MODES
+from .._rows import finish_gae, last_valid
 from . import sm_count
 
 BLOCK_B = 16
-_MODES = {"verl": 0, "trl": 1, "openrlhf": 2}
 
 
 @triton.jit
@@ -130,14 +129,14 @@ def gae(
     B, T = r.shape
     adv = torch.empty(B, T, dtype=torch.float32, device=r.device)
     ret = torch.empty_like(r)
-    last = reference.last_valid(m).contiguous()
+    last = last_valid(m).contiguous()
     variant = variant or choose_variant(B, T, r.device)
     if variant == "chunked":
         block_t = 32 if r.device.type == "cpu" else 1024
-        _chunked[(B,)](r, v, m, last, adv, ret, T, gamma, gamma * lam, MODE=_MODES[mode], BLOCK_T=block_t)
+        _chunked[(B,)](r, v, m, last, adv, ret, T, gamma, gamma * lam, MODE=GAE_MODES[mode], BLOCK_T=block_t)
     elif variant == "rows":
         _scan[(triton.cdiv(B, BLOCK_B),)](
-            r, v, m, last, adv, ret, B, T, gamma, gamma * lam, MODE=_MODES[mode], BLOCK_B=BLOCK_B
+            r, v, m, last, adv, ret, B, T, gamma, gamma * lam, MODE=GAE_MODES[mode], BLOCK_B=BLOCK_B
         )
     else:
         raise ValueError(f"variant must be 'rows' or 'chunked', got {variant!r}")

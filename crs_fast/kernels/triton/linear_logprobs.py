@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops.linear_logprobs import default_chunk
+from .._rows import vocab_chunk
 from . import sm_count, split_axis
 from ._math import exp_from, xlogx_term
 
@@ -206,7 +206,7 @@ def backward(
     ge = None if gent is None else (gent.float() * keep).contiguous()
     gl, lse, ent = gl.contiguous(), lse.float().contiguous(), ent.float().contiguous()
     bm, bn, bk, warps = _blocks(h)
-    chunk = min(chunk or default_chunk(N), V)
+    chunk = min(chunk or vocab_chunk(N), V)
     buf = torch.empty(N * chunk, dtype=h.dtype, device=h.device)
     dh = torch.zeros(N, H, dtype=torch.float32, device=h.device)
     dw = torch.empty_like(w)

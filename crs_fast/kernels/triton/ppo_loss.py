@@ -6,7 +6,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .._rows import aggregate, grad_weights, params
 from ._math import clamp, nan_max, nan_min
 
 BLOCK = 512
@@ -92,42 +91,31 @@ def _rows_bwd(x_ptr, y_ptr, z_ptr, m_ptr, w_ptr, out_ptr, T, p0, p1, p2, POLICY:
         tl.store(out_ptr + idx, tl.where(on, w * g, 0.0).to(out_ptr.dtype.element_ty), mask=inb)
 
 
-def losses_forward(
-    policy: bool,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    z: torch.Tensor,
-    m: torch.Tensor,
-    agg: str,
-    lo: float = 0.0,
-    hi: float = 0.0,
-    dual: float = -1.0,
-    eps: float = -1.0,
-) -> tuple[float, ...]:
-    """(loss, clipfrac, clipfrac_lower, approx_kl) of the policy loss (x=lp, y=old, z=adv) or
-    (loss, clipfrac) of the value loss (x=v, y=old_v, z=returns); ``m`` uint8."""
+def rows_forward(
+    policy: bool, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, m: torch.Tensor, p0: float, p1: float, p2: float
+) -> torch.Tensor:
+    """Per-row partial sums [B, 5] = (loss, clip, lower clip, kl, tokens) of the policy loss (x=lp,
+    y=old, z=adv) or the value loss (x=v, y=old_v, z=returns); ``m`` uint8; (p0, p1, p2) from
+    :func:`crs_fast.kernels._rows.params`. :func:`crs_fast.kernels._rows.aggregate` finishes them."""
     B, T = x.shape
     parts = torch.empty(B, 5, dtype=torch.float32, device=x.device)
-    _rows_fwd[(B,)](x, y, z, m, parts, T, *params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
-    return aggregate(policy, parts, T, agg)
+    _rows_fwd[(B,)](x, y, z, m, parts, T, p0, p1, p2, POLICY=policy, BLOCK=BLOCK)
+    return parts
 
 
-def losses_backward(
+def rows_backward(
     policy: bool,
-    grad: float,
     x: torch.Tensor,
     y: torch.Tensor,
     z: torch.Tensor,
     m: torch.Tensor,
-    agg: str,
-    lo: float = 0.0,
-    hi: float = 0.0,
-    dual: float = -1.0,
-    eps: float = -1.0,
+    w: torch.Tensor,
+    p0: float,
+    p1: float,
+    p2: float,
 ) -> torch.Tensor:
-    """Gradient of the policy loss w.r.t. lp, or of the value loss w.r.t. v."""
-    B, T = x.shape
-    w = grad_weights(policy, grad, m, agg)
+    """Gradient of the policy loss w.r.t. lp, or of the value loss w.r.t. v: each row's per-token
+    gradient times its weight ``w`` (float32 [B], :func:`crs_fast.kernels._rows.grad_weights`)."""
     out = torch.empty_like(x)
-    _rows_bwd[(B,)](x, y, z, m, w, out, T, *params(policy, lo, hi, dual, eps), POLICY=policy, BLOCK=BLOCK)
+    _rows_bwd[(x.shape[0],)](x, y, z, m, w, out, x.shape[1], p0, p1, p2, POLICY=policy, BLOCK=BLOCK)
     return out

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops.reference import last_valid
+from .._rows import last_valid
 from ._math import clamp
 
 BLOCK = 1024

@@ -1,0 +1,260 @@
+"""Evaluation of a recommender policy: ranking (Recall, NDCG, MRR at 1, 10, 50; standard and
+dedup), coherence (sentence-encoder similarity of context and response, distinct-1/2),
+satisfaction (the simulator's, R_phi's, ReDial's success rate and reward per dialogue length),
+and paired bootstrap confidence intervals between policies."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data.schema import Catalog, Dialogue, Turn
+from ..data.simulator import UserSimulator
+from ..data.splits import rec_samples
+from .config import Config
+from .corpus import pad_right, prompt
+from .lm import render
+from .policy import Policy
+from .reward import Scorer
+from .rollout import rollout
+
+KS = (1, 10, 50)
+
+
+@dataclass
+class Sample:
+    """A ranking sample: the prompt, one ground-truth item, the items already mentioned, and the
+    group it belongs to (its synthetic user or ReDial dialogue): samples of one group share a
+    context, so confidence intervals resample groups, not samples."""
+
+    prompt: str
+    target: str
+    mentioned: list[str]
+    group: str = ""
+
+
+def synthetic_samples(catalog: Catalog, seeds: Sequence[int], pool: Sequence[str] | None = None) -> list[Sample]:
+    """Held-out synthetic users (drawn from ``pool``): their first message, one sample per target item."""
+    out = []
+    user = UserSimulator(catalog, pool=pool)
+    for s in seeds:
+        first = user.reset(s)
+        for t in sorted(user.targets):
+            out.append(Sample(prompt([Turn("user", first)], catalog), t, list(user.liked), f"user-{s}"))
+    return out
+
+
+def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool) -> list[Sample]:
+    """One sample per ground-truth movie of each recommender turn (``rec_samples``)."""
+    return [
+        Sample(prompt(s.context, catalog), s.targets[0], s.mentioned, s.dialogue_id)
+        for s in rec_samples(dialogues, dedup=dedup)
+        if s.targets[0] in catalog
+    ]
+
+
+class TrunkCache:
+    """The frozen trunk's activations per batch of prompts, shared by policies whose frozen part is
+    identical (base, SFT and PPO when only the top layers train): the trunk runs once per prompt
+    for all of them. A policy whose frozen parameters differ from the first one's gets None from
+    :meth:`for_policy` (no sharing)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, ...], Any] = {}
+        self.frozen: list[torch.Tensor] | None = None
+
+    def for_policy(self, policy: Policy) -> TrunkCache | None:
+        """This cache if ``policy``'s frozen parameters equal those it was filled with, else None."""
+        if not policy.train_layers:
+            return None
+        frozen = [p.detach() for p in policy.parameters() if not p.requires_grad]
+        if self.frozen is None:  # references, not copies: evaluation never changes them
+            self.frozen = frozen
+            return self
+        same = len(frozen) == len(self.frozen) and all(
+            a.shape == b.shape and torch.equal(a.to(b.device), b) for a, b in zip(frozen, self.frozen, strict=True)
+        )
+        return self if same else None
+
+
+@torch.no_grad()
+def top_lists(
+    policy: Policy, tok, prompts: Sequence[str], k: int, cfg: Config, trunk: TrunkCache | None = None
+) -> dict[str, list[int]]:
+    """The policy's top-``k`` catalog indices for each distinct prompt (one forward per prompt;
+    the frozen trunk's part from ``trunk`` when it has it)."""
+    todo = list(dict.fromkeys(prompts))
+    out: dict[str, list[int]] = {}
+    for i in range(0, len(todo), 32):
+        chunk = todo[i : i + 32]
+        seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in chunk]
+        ids, attn = pad_right(seqs, tok.pad_token_id, policy.device)
+        state = None
+        if trunk is not None:
+            key = tuple(chunk)
+            if key not in trunk.states:
+                trunk.states[key] = policy.trunk(ids, attn)
+            state = trunk.states[key]
+        out.update(zip(chunk, policy.rank_items(ids, attn, k, state=state).tolist(), strict=True))
+    return out
+
+
+def ranks(
+    policy: Policy,
+    tok,
+    catalog: Catalog,
+    samples: Sequence[Sample],
+    cfg: Config,
+    lists: dict[str, list[int]] | None = None,
+) -> tuple[list[int | None], list[int | None]]:
+    """0-based rank of each sample's target within the policy's top 50 (None beyond): standard,
+    and with the items already mentioned excluded from the ranking ("dedup"). One forward per
+    distinct context (``lists`` from :func:`top_lists` may be passed in): the dedup ranking
+    skips mentioned items in a longer list."""
+    index = {i: n for n, i in enumerate(catalog.ids())}
+    extra = max((len(s.mentioned) for s in samples), default=0)
+    if lists is None:
+        lists = top_lists(policy, tok, [s.prompt for s in samples], min(len(index), max(KS) + extra), cfg)
+    std: list[int | None] = []
+    dedup: list[int | None] = []
+    for s in samples:
+        row, t = lists[s.prompt], index[s.target]
+        std.append(row.index(t) if t in row[: max(KS)] else None)
+        banned = {index[x] for x in s.mentioned if x in index}
+        kept = [x for x in row if x not in banned][: max(KS)]
+        dedup.append(kept.index(t) if t in kept else None)
+    return std, dedup
+
+
+def ranking_metrics(r: Sequence[int | None]) -> dict[str, float]:
+    """Recall@k, NDCG@k, MRR@k (one relevant item per sample) for k in 1, 10, 50."""
+    n = max(len(r), 1)
+    out = {}
+    for k in KS:
+        hit = [x is not None and x < k for x in r]
+        out[f"recall@{k}"] = sum(hit) / n
+        out[f"ndcg@{k}"] = sum(1 / math.log2(x + 2) for x, h in zip(r, hit, strict=True) if h) / n
+        out[f"mrr@{k}"] = sum(1 / (x + 1) for x, h in zip(r, hit, strict=True) if h) / n
+    out["n"] = len(r)
+    return out
+
+
+def distinct(texts: Sequence[str], n: int) -> float:
+    """Distinct-n: unique n-grams over all n-grams of the responses."""
+    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def dialogue_metrics(
+    policy,
+    tok,
+    catalog: Catalog,
+    seeds: Sequence[int],
+    cfg: Config,
+    scorer: Scorer,
+    encoder,
+    pool: Sequence[str] | None = None,
+) -> tuple[dict, dict]:
+    """Satisfaction and coherence from greedy dialogues with held-out synthetic users (drawn from
+    ``pool``); also the per-user values (for paired bootstraps)."""
+    eps = rollout(policy, tok, catalog, seeds, cfg, scorer, sample=False, pool=pool)
+    ctx = [render(c, catalog) for e in eps for c in e.contexts]
+    resp = [render(r, catalog) for e in eps for r in e.responses]
+    coh = (encoder.encode(ctx) * encoder.encode(resp)).sum(-1) if resp else torch.zeros(0)
+    sat = [e.satisfaction for e in eps]
+    per = {"satisfaction": sat, "accepted": [float(e.accepted) for e in eps]}
+    out = {
+        "satisfaction": sum(sat) / max(len(sat), 1),
+        "accept_rate": sum(per["accepted"]) / max(len(eps), 1),
+        "rphi_reward": sum(sum(e.rewards) / max(len(e.rewards), 1) for e in eps) / max(len(eps), 1),
+        "coherence": float(coh.mean()) if len(coh) else 0.0,
+        "distinct1": distinct(resp, 1),
+        "distinct2": distinct(resp, 2),
+        "turns": sum(len(e.responses) for e in eps) / max(len(eps), 1),
+        "item_rate": sum(bool(r) for e in eps for r in e.recs) / max(sum(len(e.recs) for e in eps), 1),
+        "example": resp[:3],
+    }
+    return out, per
+
+
+def redial_success(
+    policy, tok, catalog: Catalog, dialogues: Sequence[Dialogue], cfg: Config, lists: dict[str, list[int]] | None = None
+) -> dict[str, float]:
+    """ReDial success rate (the rank-1 movie of some recommender turn was liked or seen by the
+    seeker) and reward per dialogue length (1.0 liked, 0.5 seen, over the dialogue's turns)."""
+    rows = [
+        (d, prompt(d.turns[:i], catalog))
+        for d in dialogues
+        for i, t in enumerate(d.turns)
+        if t.role == "system" and t.items and i > 0
+    ]
+    if not rows:
+        return {"success_rate": float("nan"), "reward_per_length": float("nan"), "dialogues": 0}
+    ids = catalog.ids()
+    if lists is None:
+        lists = top_lists(policy, tok, [p for _, p in rows], 1, cfg)
+    success: dict[str, bool] = {}
+    reward: dict[str, float] = {}
+    for d, p in rows:
+        lab = d.ratings.get("initiator", {}).get(ids[lists[p][0]], {})
+        r = 1.0 if lab.get("liked") == 1 else 0.5 if lab.get("seen") == 1 else 0.0
+        success[d.id] = success.get(d.id, False) or r > 0
+        reward[d.id] = reward.get(d.id, 0.0) + r / max(len(d.turns), 1)
+    return {
+        "success_rate": sum(success.values()) / len(success),
+        "reward_per_length": sum(reward.values()) / len(reward),
+        "dialogues": len(success),
+    }
+
+
+def bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of mean(b - a): the mean and its 95% confidence interval."""
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    if not d:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    rng = random.Random(seed)
+    means = sorted(sum(d[rng.randrange(len(d))] for _ in d) / len(d) for _ in range(n))
+    return {"diff": sum(d) / len(d), "lo": means[int(0.025 * n)], "hi": means[min(n - 1, int(0.975 * n))]}
+
+
+def cluster_bootstrap_diff(
+    a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable], *, n: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Paired bootstrap of mean(b - a) that resamples whole groups (e.g. the samples of one
+    dialogue, which are not independent): each replicate draws as many groups as there are, with
+    replacement, and takes the mean of ``b - a`` over all their samples. Returns the mean over all
+    samples, its 95% confidence interval and the number of groups."""
+    if not len(a) == len(b) == len(groups):
+        raise ValueError(
+            f"cluster_bootstrap_diff: a, b and groups differ in length ({len(a)}, {len(b)}, {len(groups)})"
+        )
+    sums: dict[Hashable, list[float]] = {}
+    for x, y, g in zip(a, b, groups, strict=True):
+        acc = sums.setdefault(g, [0.0, 0.0])
+        acc[0] += y - x
+        acc[1] += 1
+    if not sums:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "groups": 0}
+    per = list(sums.values())
+    rng = random.Random(seed)
+    means = []
+    for _ in range(n):
+        draw = [per[rng.randrange(len(per))] for _ in per]
+        means.append(sum(d for d, _ in draw) / sum(c for _, c in draw))
+    means.sort()
+    total = sum(d for d, _ in per) / sum(c for _, c in per)
+    return {"diff": total, "lo": means[int(0.025 * n)], "hi": means[min(n - 1, int(0.975 * n))], "groups": len(per)}
+
+
+_SEED_BASE = {"eval": 1_000_000_000, "val": 2_000_000_000, "train": 3_000_000_000}
+
+
+def synthetic_seed(cfg: Config, i: int, kind: str) -> int:
+    """Seed of synthetic user ``i`` of a split ("train" for PPO, "val" during training, "eval"
+    held out): disjoint ranges, none overlapping the logged synthetic dialogues' seeds."""
+    return _SEED_BASE[kind] + cfg.seed * 10_000_000 + i

@@ -1,0 +1,260 @@
+"""The policy: a causal LM whose catalog items are added tokens, with a value head. Log-probs come
+from ``crs_fast.linear_logprobs`` on the final hidden states and the LM head (no [N, V] logits),
+the catalog ranking from ``crs_fast.topk_scores`` over the item rows of the LM head; only the
+top ``train_layers`` decoder layers train, over a frozen trunk computed once per batch."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ... import ops
+from .config import Config
+from .corpus import CRSData, corpus
+from .lm import add_item_tokens, item_attribute_index, load_lm
+
+
+class _StopTrunk(Exception):
+    """Raised by the pre-hook of the first trained layer: the trunk's output is captured."""
+
+
+class Policy(nn.Module):
+    """A causal LM with item tokens and a value head on its final hidden states.
+
+    ``train_layers = n > 0`` trains only the top ``n`` decoder layers, the final norm, an untied
+    copy of the LM head and the value head: the frozen trunk's activations (embeddings and the
+    lower layers) are computed once per batch without gradients and shared by the policy, the
+    reference and the value head (:meth:`trunk`, then :meth:`top`). ``n = 0`` trains everything.
+
+    ``item_attrs`` (per item, in ``item_ids`` order, (index, weight) of its attribute values, as
+    from :func:`item_attribute_index`) adds a learned content part to each item's LM-head row:
+    ``w_i = w_i^token + sum_{a in attrs(i)} weight_a e_a`` with every ``e_a`` starting at zero, so the
+    model starts exactly as built (rows = title means) and what it learns about one comedy
+    carries to every comedy, where independent rows would each need their own samples.
+    """
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        item_ids: torch.Tensor,
+        train_layers: int = 0,
+        item_attrs: list[list[tuple[int, float]]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.register_buffer("item_ids", item_ids.clone(), persistent=False)
+        index = torch.full((lm.get_output_embeddings().weight.shape[0],), -1, dtype=torch.int64)
+        index[item_ids] = torch.arange(len(item_ids))
+        self.register_buffer("item_index", index, persistent=False)  # [V]: catalog index of each token, -1 if none
+        self.register_buffer("item_mask", index >= 0, persistent=False)  # [V]: which tokens are items
+        layers = self.backbone().layers
+        if not 0 <= train_layers <= len(layers):
+            raise ValueError(f"train_layers must be in [0, {len(layers)}], got {train_layers}")
+        self.train_layers = train_layers
+        self.out_head: nn.Parameter | None = None
+        if train_layers:
+            for p in lm.parameters():
+                p.requires_grad_(False)
+            for p in [*layers[len(layers) - train_layers :].parameters(), *self.backbone().norm.parameters()]:
+                p.requires_grad_(True)
+            self.out_head = nn.Parameter(lm.get_output_embeddings().weight.detach().clone())
+        self.item_attr: nn.EmbeddingBag | None = None
+        if item_attrs is not None:
+            if len(item_attrs) != len(item_ids):
+                raise ValueError(f"item_attrs has {len(item_attrs)} entries for {len(item_ids)} items")
+            n_values = max((v for a in item_attrs for v, _ in a), default=-1) + 1
+            self.item_attr = nn.EmbeddingBag(max(n_values, 1), hidden, mode="sum")
+            nn.init.zeros_(self.item_attr.weight)
+            flat = torch.tensor([v for a in item_attrs for v, _ in a], dtype=torch.int64)
+            weights = torch.tensor([w for a in item_attrs for _, w in a], dtype=torch.float32)
+            offsets = torch.tensor([0, *torch.tensor([len(a) for a in item_attrs]).cumsum(0)[:-1].tolist()])
+            self.register_buffer("attr_values", flat, persistent=False)
+            self.register_buffer("attr_weights", weights, persistent=False)
+            self.register_buffer("attr_offsets", offsets.to(torch.int64), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's parameters are (inputs are moved there)."""
+        return self.value_head.weight.device
+
+    def backbone(self) -> nn.Module:
+        """The decoder stack (under a PEFT wrapper too)."""
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return base.model
+
+    def _token_head(self) -> torch.Tensor:
+        """The token rows of the LM head [V, H]: the trainable untied copy when training the top
+        layers, else the model's own."""
+        return self.out_head if self.out_head is not None else self.lm.get_output_embeddings().weight
+
+    def _item_content(self) -> torch.Tensor:
+        """The learned attribute part of the item rows [I, H] (only with item features)."""
+        return self.item_attr(self.attr_values, self.attr_offsets, per_sample_weights=self.attr_weights)
+
+    def head(self) -> torch.Tensor:
+        """The LM head's weight [V, H], with the items' attribute part added to their rows when the
+        policy has one."""
+        w = self._token_head()
+        if self.item_attr is None:
+            return w
+        return w.index_add(0, self.item_ids, self._item_content().to(w.dtype))
+
+    def item_rows(self) -> torch.Tensor:
+        """The item rows of :meth:`head` [I, H], without building the whole head."""
+        rows = self._token_head()[self.item_ids]
+        return rows if self.item_attr is None else rows + self._item_content().to(rows.dtype)
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        """The frozen trunk's output and the decoder-layer arguments (mask, rotary embeddings), or
+        None when every layer trains. Captured from the model's own forward by a pre-hook on the
+        first trained layer, so no model internals are re-implemented."""
+        if not self.train_layers:
+            return None
+        layers = self.backbone().layers
+        first = layers[len(layers) - self.train_layers]
+        captured: dict[str, Any] = {}
+
+        def hook(module, args, kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            raise _StopTrunk
+
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.backbone()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopTrunk:
+            pass
+        finally:
+            handle.remove()
+        kwargs = {
+            k: v for k, v in captured["kwargs"].items() if k not in ("cache", "past_key_values", "past_key_value")
+        }
+        kwargs["use_cache"] = False
+        h = captured["args"][0] if captured["args"] else kwargs.pop("hidden_states")
+        return h, kwargs
+
+    def top(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
+        """Final hidden states [B, T, H] from the trunk's ``state`` (computed if None)."""
+        if not self.train_layers:
+            return self.backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h, kwargs = state if state is not None else self.trunk(input_ids, attention_mask)
+        layers = self.backbone().layers
+        for layer in layers[len(layers) - self.train_layers :]:
+            out = layer(h, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        return self.backbone().norm(h)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
+        """Final hidden states [B, T, H] (from the trunk's ``state`` when given)."""
+        return self.top(input_ids, attention_mask, state)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        select: torch.Tensor | None = None,
+        state: Any = None,
+        items_at: torch.Tensor | None = None,
+        item_ban: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`logprobs` (the module's forward, so DDP wrappers synchronise its gradients)."""
+        return self.logprobs(
+            input_ids, attention_mask, select=select, state=state, items_at=items_at, item_ban=item_ban
+        )
+
+    def logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        select: torch.Tensor | None = None,
+        state: Any = None,
+        temperature: float = 1.0,
+        items_at: torch.Tensor | None = None,
+        item_ban: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """(log p(x_t | x_<t), entropy, value) for t = 1..T-1, each [B, T-1], through
+        ``crs_fast.linear_logprobs`` (the LM head fused, no [B, T, V] logits). With ``select``
+        (bool [B, T-1]) only those positions go through the LM head; the others are 0.
+
+        With ``items_at`` (bool [B, T-1], n positions) a fourth output: the log-probabilities
+        over the catalog at those positions given that the next token is an item, [n, I] in
+        catalog order, float32, ``log softmax_i(h . w_i)`` with the items where ``item_ban``
+        [n, I] is True excluded (-inf)."""
+        h = self.top(input_ids, attention_mask, state)[:, :-1]
+        values = self.value_head(h).squeeze(-1)
+        labels = input_ids[:, 1:]
+        if select is None:
+            lp, ent = ops.linear_logprobs(h, self.head(), labels, temperature=temperature, entropy=True)
+        else:
+            sel = select.bool()
+            lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
+            lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
+            ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
+        if items_at is None:
+            return lp, ent, values
+        logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature
+        if item_ban is not None:
+            logits = logits.masked_fill(item_ban, float("-inf"))
+        return lp, ent, values, torch.log_softmax(logits, dim=-1)
+
+    def next_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
+        """The final hidden state after each row's last real token (rows right-padded) [B, H]: what
+        the LM head scores the next token from."""
+        h = self.hidden(input_ids, attention_mask, state)
+        return h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
+
+    @torch.no_grad()
+    def rank_items(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        k: int,
+        exclude: torch.Tensor | None = None,
+        state: Any = None,
+    ) -> torch.Tensor:
+        """Item indices (into the catalog order) ranked by the next-token score after each row's
+        last real token (rows right-padded): ``crs_fast.topk_scores`` over the item rows of the
+        LM head. [B, k]."""
+        q = self.next_query(input_ids, attention_mask, state)
+        items = self.item_rows()
+        _, idx = ops.topk_scores(q.float(), items.float(), k=min(k, items.shape[0]), exclude=exclude)
+        return idx
+
+
+def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
+    """The base policy (item tokens added, value head) and its tokenizer."""
+    lm, tok = load_lm(cfg.model, corpus(data) if cfg.model == "tiny" else (), seed=cfg.seed)
+    item_ids = add_item_tokens(lm, tok, data.catalog)
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(
+            lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules=["q_proj", "v_proj"])
+        )
+    torch.manual_seed(cfg.seed)
+    attrs = item_attribute_index(data.catalog) if cfg.item_features else None
+    return Policy(lm, item_ids, train_layers=0 if cfg.lora_r > 0 else cfg.train_layers, item_attrs=attrs), tok
+
+
+def param_groups(policy: Policy, lr: float, item_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: the item attribute embeddings (new, starting at zero) at ``item_lr``,
+    every other trainable parameter at ``lr``."""
+    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith("item_attr.")]
+    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("item_attr.")]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": item, "lr": item_lr}) if g["params"]]
+
+
+def frozen_copy(policy: Policy) -> Policy:
+    """The reference policy: a frozen copy."""
+    ref = copy.deepcopy(policy)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref.eval()

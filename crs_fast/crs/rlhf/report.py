@@ -1,0 +1,224 @@
+"""What a run shows: ``report.md`` (the evaluation table beside the published ReDial figures,
+with paired bootstrap intervals) and ``plots/*.png`` (training curves from ``metrics.jsonl``, the
+evaluation bars)."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+from .evaluate import KS
+from .run_io import Tracker
+
+PUBLISHED = {  # ../shared/data/README.md: Recall@1/10/50 on ReDial
+    "KBRD": (0.030, 0.163, 0.338),
+    "KGSF": (0.039, 0.183, 0.378),
+    "UniCRS": (0.051, 0.224, 0.428),
+    "UniCRS (dedup)": (0.024, 0.180, 0.335),
+}
+
+
+def _dedup(res: dict) -> str:
+    d = res["dedup"]
+    return " / ".join(f"{d[f'recall@{k}']:.3f}" for k in KS)
+
+
+def report(result: dict) -> str:
+    """The comparison table, the PPO - SFT intervals, KL and R_phi figures, and links to the plots
+    (Markdown, paths relative to the run directory)."""
+    lines = [
+        "| policy | data | R@1 | R@10 | R@50 | NDCG@10 | MRR@10 | dedup R@1 / R@10 / R@50 | satisfaction | coherence "
+        "| distinct-2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("base", "sft", "ppo"):
+        res = result.get(name)
+        if not res:
+            continue
+        s = res["synthetic"]
+        st = s["standard"]
+        lines.append(
+            f"| {name} | synthetic | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
+            f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(s)} | {s['satisfaction']:.3f} | "
+            f"{s['coherence']:.3f} | {s['distinct2']:.3f} |"
+        )
+        if "redial" in res:
+            r = res["redial"]
+            st = r["standard"]
+            lines.append(
+                f"| {name} | ReDial test | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
+                f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(r)} | "
+                f"success {r['success_rate']:.3f} | - | - |"
+            )
+    for name, (r1, r10, r50) in PUBLISHED.items():
+        dedup = f"{r1:.3f} / {r10:.3f} / {r50:.3f}" if "dedup" in name else "-"
+        std = ("-", "-", "-") if "dedup" in name else (f"{r1:.3f}", f"{r10:.3f}", f"{r50:.3f}")
+        lines.append(f"| {name} (published) | ReDial | {' | '.join(std)} | - | - | {dedup} | - | - | - |")
+    if "ppo_vs_sft" in result:
+        lines.append("")
+        for k, v in result["ppo_vs_sft"].items():
+            whole = f", {v['groups']} users resampled whole" if "groups" in v else ""
+            lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}{whole})")
+    if "redial_ppo_vs_sft" in result:
+        for k, v in result["redial_ppo_vs_sft"].items():
+            lines.append(
+                f"PPO - SFT, ReDial test {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}, "
+                f"{v['groups']} dialogues resampled whole)"
+            )
+    if "ppo_kl_final" in result:
+        lines.append(
+            f"\nKL(PPO || SFT reference) per dialogue at the last iteration: {result['ppo_kl_final']:.4f} nats"
+        )
+    if "reward_model" in result:
+        q = result["reward_model"]
+        lines.append(
+            "\nR_phi held-out quality: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items() if isinstance(v, float))
+        )
+    if "rm_onpolicy_sentiment_spearman" in result:
+        o = result["rm_onpolicy_sentiment_spearman"]
+        lines.append(
+            f"\nR_phi on-policy (each PPO batch before the refit on it), sentiment Spearman: mean {o['mean']:.3f} "
+            f"over {o['n']} iterations, last {o['last']:.3f}"
+        )
+    if "rm_fixed_onpolicy_sentiment_spearman" in result:
+        o = result["rm_fixed_onpolicy_sentiment_spearman"]
+        lines.append(
+            f"\nFixed offline R_phi on the same batches, sentiment Spearman: mean {o['mean']:.3f} "
+            f"over {o['n']} iterations, last {o['last']:.3f}"
+        )
+    if "reward_fixed_rm" in result:
+        f = result["reward_fixed_rm"]
+        lines.append(
+            f"\nReward per dialogue of the PPO rollouts under the fixed offline R_phi: {f['first']:.3f} "
+            f"(mean of the first {f['iterations']} iterations) -> {f['last']:.3f} (mean of the last {f['iterations']})"
+        )
+    lines.append("\n![base, SFT and PPO](plots/eval.png)")
+    if "ppo_kl_final" in result:  # PPO ran: plots/ppo.png is drawn from its metrics
+        lines.append("\n![PPO training](plots/ppo.png)")
+    return "\n".join(lines) + "\n"
+
+
+def _save_fig(plt, fig, path: pathlib.Path) -> pathlib.Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+SMOOTH = 5  # iterations in the trailing mean drawn over noisy per-iteration curves
+
+
+def trailing_mean(values: Sequence[float], k: int) -> list[float]:
+    """``m_i = mean(values[i - k + 1 .. i])`` for ``i = k - 1 .. n - 1`` (``n - k + 1`` values)."""
+    if k < 1:
+        raise ValueError(f"trailing_mean: k must be >= 1, got {k}")
+    return [sum(values[i - k + 1 : i + 1]) / k for i in range(k - 1, len(values))]
+
+
+def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.Path]:
+    """PNG plots over PPO iterations of the R_phi reward (under the refit R_phi PPO trains on,
+    whose scale moves with each refit, and under the fixed offline R_phi), the simulated users'
+    satisfaction in the rollouts (the ground truth R_phi stands in for), the KL, the value loss
+    and Recall@10 (and the SFT loss); curves with at least
+    ``2 * SMOOTH`` points also get the trailing mean of the last ``SMOOTH`` iterations, and the
+    KL panel the adaptive controller's ``kl_target`` when one is given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tracker = Tracker(out)
+    rows = tracker.rows("ppo")
+    written = []
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    panels = [  # (title, [(metrics key, legend label)])
+        (
+            "R_phi reward per dialogue",
+            [("reward", "refit R_phi (trained on)"), ("reward_fixed_rm", "fixed offline R_phi")],
+        ),
+        ("simulated satisfaction (rollouts)", [("satisfaction", "")]),
+        ("KL to reference (nats / dialogue)", [("kl", "")]),
+        ("value loss", [("value_loss", "")]),
+        ("Recall@10 (validation users)", [("recall@10", "")]),
+    ]
+    if rows:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+        for ax, (title, keys) in zip(axes, panels, strict=True):
+            for j, (key, label) in enumerate(keys):
+                pts = [(r["step"], r[key]) for r in rows if key in r]
+                if not pts:
+                    continue
+                color = f"C{j}"
+                name = f"{label}, " if label else ""
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, alpha=0.4, color=color, label=f"{name}per iteration")
+                if len(pts) >= 2 * SMOOTH:
+                    steps, vals = zip(*pts, strict=True)
+                    ax.plot(
+                        steps[SMOOTH - 1 :],
+                        trailing_mean(vals, SMOOTH),
+                        lw=2,
+                        color=color,
+                        label=f"{name}mean of last {SMOOTH}",
+                    )
+            if title.startswith("KL") and kl_target is not None:
+                ax.axhline(kl_target, color="grey", ls="--", lw=1, label=f"target {kl_target:g}")
+            if len(ax.get_legend_handles_labels()[0]) > 1:
+                ax.legend(fontsize=7)
+            ax.set_title(title)
+            ax.set_xlabel("PPO iteration")
+        written.append(_save_fig(plt, fig, out / "plots" / "ppo.png"))
+    sft_rows = tracker.rows("sft")
+    if sft_rows:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([r["step"] for r in sft_rows], [r["sft_loss"] for r in sft_rows])
+        ax.set_title("SFT loss")
+        ax.set_xlabel("step")
+        written.append(_save_fig(plt, fig, out / "plots" / "sft.png"))
+    return written
+
+
+def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
+    """``path`` (PNG): base, SFT and PPO side by side on synthetic satisfaction and Recall@10 and,
+    when evaluated, ReDial test Recall@1/10/50 beside the published UniCRS numbers; each panel's
+    title carries PPO - SFT with its 95% bootstrap interval. None when no policy was evaluated."""
+    names = [n for n in ("base", "sft", "ppo") if n in result]
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def diff(group: str, key: str) -> str:
+        d = result.get(group, {}).get(key)
+        return f"\nPPO - SFT {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else ""
+
+    panels = [
+        ("synthetic satisfaction" + diff("ppo_vs_sft", "satisfaction"), lambda r: r["synthetic"]["satisfaction"], None),
+        (
+            "synthetic Recall@10" + diff("ppo_vs_sft", "recall@10"),
+            lambda r: r["synthetic"]["standard"]["recall@10"],
+            None,
+        ),
+    ]
+    if all("redial" in result[n] for n in names):
+        for i, k in enumerate(KS):
+            panels.append(
+                (
+                    f"ReDial test Recall@{k}" + diff("redial_ppo_vs_sft", f"recall@{k}"),
+                    lambda r, k=k: r["redial"]["standard"][f"recall@{k}"],
+                    PUBLISHED["UniCRS"][i],
+                )
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
+    for ax, (title, get, published) in zip(axes, panels, strict=True):
+        vals = [get(result[n]) for n in names]
+        bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        if published is not None:
+            ax.axhline(published, color="grey", ls="--", lw=1, label=f"UniCRS (published) {published:.3f}")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(title, fontsize=9)
+        ax.margins(y=0.15)
+    return _save_fig(plt, fig, path)

@@ -1,0 +1,351 @@
+"""The RLHF pipeline's stages as commands: ``crs-fast sft | train-rm | ppo | eval | demo``.
+
+Everything a stage writes goes under ``--out DIR``: ``sft/policy.safetensors``,
+``rm/reward_model.safetensors`` and ``rm/quality.json`` (and ``rm/item_encodings.safetensors``, the
+catalog's sentence embeddings, cached by ``ppo``), ``ppo/checkpoint/`` (written atomically
+every ``save_every`` iterations and on Ctrl-C; ``--resume`` continues from it), ``metrics.jsonl``
+(one JSON object per step or iteration, with its stage), ``eval.json`` and ``report.md`` (the
+comparison table), and ``plots/*.png``. TensorBoard event files too when ``tensorboard`` is
+installed. Models are rebuilt from the configuration and data (deterministic), then loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import torch
+
+from .config import Config
+from .corpus import CRSData, prepare_data, prompt
+from .evaluate import (
+    KS,
+    TrunkCache,
+    bootstrap_diff,
+    cluster_bootstrap_diff,
+    dialogue_metrics,
+    ranking_metrics,
+    ranks,
+    redial_samples,
+    redial_success,
+    synthetic_samples,
+    synthetic_seed,
+    top_lists,
+)
+from .online_rm import OnlineRM
+from .policy import build_policy, frozen_copy, param_groups
+from .ppo import make_batch, ppo_update
+from .report import SMOOTH, eval_plot, plots, report
+from .reward import Scorer, rm_examples, train_reward_model
+from .rollout import rollout
+from .run_io import (
+    Tracker,
+    default_device,
+    latest_checkpoint,
+    load_policy,
+    load_reward_model,
+    progress_bar,
+    save_atomic,
+    save_checkpoint,
+    save_policy,
+)
+from .sft import sft
+
+
+def setup_stage(cfg: Config, out: pathlib.Path, data: CRSData | None = None):
+    """(data, base policy, tokenizer); ``data`` prepared here unless given (stages run by the
+    demo share one preparation)."""
+    data = data or prepare_data(cfg, out / "data")
+    policy, tok = build_policy(cfg, data)
+    return data, policy, tok
+
+
+def run_sft(cfg: Config, out: pathlib.Path, *, data: CRSData | None = None) -> pathlib.Path:
+    """SFT from the base model; writes ``sft/policy.safetensors``."""
+    data, policy, tok = setup_stage(cfg, out, data)
+    policy.to(default_device())
+    tracker = Tracker(out)
+    with progress_bar(cfg.sft_steps, "SFT") as advance:
+        sft(
+            policy,
+            tok,
+            data,
+            cfg,
+            progress=lambda s, row: (tracker.log("sft", s, row), advance(f"loss {row['sft_loss']:.3f}")),
+        )
+    path = out / "sft" / "policy.safetensors"
+    save_policy(policy, path)
+    return path
+
+
+def run_train_rm(cfg: Config, out: pathlib.Path, encoder=None, *, data: CRSData | None = None) -> dict:
+    """Train R_phi on the weak labels; writes ``rm/reward_model.safetensors`` and ``rm/quality.json``."""
+    from safetensors.torch import save_file, save_model
+
+    from .encoder import SentenceEncoder
+
+    data = data or prepare_data(cfg, out / "data")
+    encoder = encoder or SentenceEncoder()
+    print("R_phi: encoding contexts and responses with MiniLM, then fitting the heads", flush=True)
+    synthetic = [d for d in data.train if d.id.startswith("synth")]
+    real = [d for d in data.train if not d.id.startswith("synth")][: cfg.rm_redial_max]
+    train = rm_examples(synthetic + real, data.catalog)
+    valid = rm_examples(data.valid, data.catalog)
+    rm, quality = train_reward_model(encoder, train, valid, cfg)
+    (out / "rm").mkdir(parents=True, exist_ok=True)
+    save_atomic(lambda p: save_model(rm, str(p)), out / "rm" / "reward_model.safetensors")
+    features = {"x": rm.train_x, "y": rm.train_y}  # what the online refits during PPO start from
+    save_atomic(lambda p: save_file(features, str(p)), out / "rm" / "train_features.safetensors")
+    (out / "rm" / "quality.json").write_text(json.dumps(quality, indent=2))
+    Tracker(out).log("rm", 0, quality)
+    return quality
+
+
+def run_ppo(
+    cfg: Config,
+    out: pathlib.Path,
+    *,
+    resume: bool = False,
+    encoder=None,
+    stop_after: int | None = None,
+    data: CRSData | None = None,
+):
+    """Multi-turn PPO from the SFT policy against R_phi; writes ``ppo/policy.safetensors`` and
+    returns the trained policy. ``stop_after`` ends the run after that many iterations as Ctrl-C
+    would (tests)."""
+    from accelerate import Accelerator
+
+    from ...ops.kl_controllers import AdaptiveKLController, FixedKLController
+    from .encoder import SentenceEncoder
+
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    data, policy, tok = setup_stage(cfg, out, data)
+    load_policy(policy, out / "sft" / "policy.safetensors")
+    ref = frozen_copy(policy).to(acc.device)
+    encoder = encoder or SentenceEncoder()
+    scorer = Scorer(
+        load_reward_model(out, encoder.dim), encoder, data.catalog, item_cache=out / "rm" / "item_encodings.safetensors"
+    )
+    online = None
+    if cfg.rm_online_steps > 0:
+        from safetensors.torch import load_file
+
+        feats = out / "rm" / "train_features.safetensors"
+        if not feats.exists():
+            raise FileNotFoundError(f"{feats} not found: rerun `crs-fast train-rm` (online R_phi refits need it)")
+        off = load_file(str(feats))
+        online = OnlineRM(scorer.rm, cfg, off["x"], off["y"])
+    opt = torch.optim.AdamW(param_groups(policy, cfg.ppo_lr, cfg.ppo_item_lr), weight_decay=0.0)
+    ctl = (
+        AdaptiveKLController(cfg.kl_beta, cfg.kl_target, cfg.kl_horizon)
+        if cfg.kl_target
+        else FixedKLController(cfg.kl_beta)
+    )
+    ckpt = out / "ppo" / "checkpoint"
+    start = 0
+    if resume:
+        found = latest_checkpoint(ckpt)
+        if found is None:
+            if acc.is_main_process:
+                print(f"--resume: no checkpoint in {ckpt}; PPO starts at iteration 0")
+        else:
+            load_policy(policy, found / "policy.safetensors")
+            opt.load_state_dict(torch.load(found / "optimizer.pt", weights_only=True))
+            state = json.loads((found / "state.json").read_text())
+            start, ctl.value = state["iteration"], state["beta"]
+            if online is not None:
+                online.load(found)
+    model, opt = acc.prepare(policy, opt)
+    tracker = Tracker(out) if acc.is_main_process else None
+    if tracker:
+        tracker.drop("ppo", start)  # rows of iterations this run (re)computes
+    val_seeds = [synthetic_seed(cfg, i, "val") for i in range(cfg.val_users)]
+    val = synthetic_samples(data.catalog, val_seeds, data.pool)
+    it = start
+    try:
+        with progress_bar(cfg.ppo_iters, "PPO") as advance:
+            advance("", completed=start)
+            for it in range(start, cfg.ppo_iters):
+                torch.manual_seed(cfg.seed * 7919 + it)
+                base = acc.unwrap_model(model)
+                seeds = [
+                    synthetic_seed(cfg, (it * acc.num_processes + acc.process_index) * cfg.episodes + j, "train")
+                    for j in range(cfg.episodes)
+                ]
+                eps = rollout(
+                    base,
+                    tok,
+                    data.catalog,
+                    seeds,
+                    cfg,
+                    scorer,
+                    gen_seed=cfg.seed * 104729 + it,
+                    pool=data.pool,
+                    item_values=cfg.expected_item_surrogate,
+                )
+                batch = make_batch(base, ref, eps, tok, ctl.value, cfg)
+                stats = ppo_update(model, opt, batch, cfg, acc)
+                kl_seq = float((batch.kl * batch.mask).sum(1).mean())
+                row = {
+                    "reward": sum(sum(e.rewards) for e in eps) / len(eps),
+                    "satisfaction": sum(e.satisfaction for e in eps) / len(eps),
+                    "kl": kl_seq,
+                    "beta": ctl.value,
+                    **stats,
+                }
+                ctl.update(kl_seq, cfg.episodes)
+                if online is not None:
+                    row.update(online.observe(eps, data.catalog))
+                if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.ppo_iters:
+                    row["recall@10"] = ranking_metrics(ranks(base, tok, data.catalog, val, cfg)[0])["recall@10"]
+                if tracker:
+                    tracker.log("ppo", it, row)
+                advance(f"reward {row['reward']:.3f} kl {kl_seq:.3f}")
+                if acc.is_main_process and ((it + 1) % cfg.save_every == 0):
+                    save_checkpoint(
+                        ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value}, online
+                    )
+                if stop_after is not None and it + 1 - start >= stop_after and it + 1 < cfg.ppo_iters:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if acc.is_main_process:
+            save_checkpoint(ckpt, acc.unwrap_model(model), opt, {"iteration": it + 1, "beta": ctl.value}, online)
+            print(f"interrupted: checkpoint at iteration {it + 1} in {ckpt}; continue with --resume")
+        raise
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if start < cfg.ppo_iters:  # the final state too, so `--resume` with more iterations goes on
+            save_checkpoint(ckpt, acc.unwrap_model(model), opt, {"iteration": cfg.ppo_iters, "beta": ctl.value}, online)
+        save_policy(acc.unwrap_model(model), out / "ppo" / "policy.safetensors")
+        if online is not None:
+            save_policy(online.rm, out / "ppo" / "reward_model.safetensors")
+    return acc.unwrap_model(model)
+
+
+def run_eval(cfg: Config, out: pathlib.Path, *, encoder=None, data: CRSData | None = None) -> dict:
+    """Evaluate the base (zero-shot), SFT and PPO policies; writes ``eval.json``, ``report.md`` and
+    ``plots/eval.png``."""
+    from .encoder import SentenceEncoder
+
+    encoder = encoder or SentenceEncoder()
+    rm = load_reward_model(out, encoder.dim)  # first: a missing run fails before anything is written into `out`
+    data = data or prepare_data(cfg, out / "data")
+    scorer = Scorer(rm, encoder, data.catalog)
+    redial = None
+    if data.redial_test:  # the samples and contexts are the same for every policy
+        std_s = redial_samples(data.redial_test, data.catalog, dedup=False)
+        ded_s = redial_samples(data.redial_test, data.catalog, dedup=True)
+        k = min(len(data.catalog), max(KS) + max((len(x.mentioned) for x in std_s), default=0))
+        prompts = [x.prompt for x in std_s] + [
+            prompt(d.turns[:i], data.catalog)
+            for d in data.redial_test
+            for i, t in enumerate(d.turns)
+            if t.role == "system" and t.items and i > 0
+        ]
+        redial = (std_s, ded_s, k, prompts)
+    seeds = [synthetic_seed(cfg, cfg.eval_offset + i, "eval") for i in range(cfg.eval_users)]
+    samples = synthetic_samples(data.catalog, seeds, data.pool)
+    result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
+    per: dict[str, dict] = {}
+    trunk = TrunkCache()
+    stages = [("base", None), ("sft", out / "sft" / "policy.safetensors"), ("ppo", out / "ppo" / "policy.safetensors")]
+    with progress_bar(len(stages), "Evaluation") as advance:
+        for name, path in stages:
+            if path is not None and not path.exists():
+                advance(f"{name}: no checkpoint, skipped")
+                continue
+            _, policy, tok = setup_stage(cfg, out, data)
+            if path is not None:
+                load_policy(policy, path)
+            policy.to(default_device()).eval()
+            r_std, r_dedup = ranks(policy, tok, data.catalog, samples, cfg)
+            dia, per_user = dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder, data.pool)
+            res = {"synthetic": {"standard": ranking_metrics(r_std), "dedup": ranking_metrics(r_dedup), **dia}}
+            per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
+            if redial is not None:
+                std_s, ded_s, k, prompts = redial
+                # one forward per context, shared below; the frozen trunk's part shared by the policies
+                lists = top_lists(policy, tok, prompts, k, cfg, trunk.for_policy(policy))
+                std, _ = ranks(policy, tok, data.catalog, std_s, cfg, lists)
+                _, ded = ranks(policy, tok, data.catalog, ded_s, cfg, lists)
+                per[name].update({f"redial_recall@{c}": [float(x is not None and x < c) for x in std] for c in KS})
+                res["redial"] = {
+                    "standard": ranking_metrics(std),
+                    "dedup": ranking_metrics(ded),
+                    **redial_success(policy, tok, data.catalog, data.redial_test, cfg, lists),
+                }
+            result[name] = res
+            advance(name)
+    if "sft" in per and "ppo" in per:
+        # satisfaction: one value per user; recalls: the samples of one user (1-3 targets) or one
+        # ReDial dialogue share a context, so whole users / dialogues are resampled
+        def recall_diff(key: str, groups: list[str]) -> dict[str, float]:
+            return cluster_bootstrap_diff(per["sft"][key], per["ppo"][key], groups, n=cfg.bootstrap, seed=cfg.seed)
+
+        result["ppo_vs_sft"] = {
+            "satisfaction": bootstrap_diff(
+                per["sft"]["satisfaction"], per["ppo"]["satisfaction"], n=cfg.bootstrap, seed=cfg.seed
+            ),
+            "recall@10": recall_diff("recall@10", [x.group for x in samples]),
+        }
+        if redial is not None and "redial_recall@1" in per["sft"] and "redial_recall@1" in per["ppo"]:
+            result["redial_ppo_vs_sft"] = {
+                f"recall@{c}": recall_diff(f"redial_recall@{c}", [x.group for x in redial[0]]) for c in KS
+            }
+    kl_rows = Tracker(out).rows("ppo")
+    if kl_rows:
+        result["ppo_kl_final"] = kl_rows[-1]["kl"]
+        for key in ("rm_onpolicy_sentiment_spearman", "rm_fixed_onpolicy_sentiment_spearman"):
+            onp = [x for r in kl_rows if (x := r.get(key)) is not None and x == x]
+            if onp:  # R_phi against the simulator on each new rollout batch, before refitting on it
+                result[key] = {"mean": sum(onp) / len(onp), "last": onp[-1], "n": len(onp)}
+        fixed = [r["reward_fixed_rm"] for r in kl_rows if "reward_fixed_rm" in r]
+        if len(fixed) >= 2 * SMOOTH:  # the fixed offline R_phi's reward per dialogue, early vs late
+            result["reward_fixed_rm"] = {
+                "first": sum(fixed[:SMOOTH]) / SMOOTH,
+                "last": sum(fixed[-SMOOTH:]) / SMOOTH,
+                "iterations": SMOOTH,
+            }
+    rm_q = out / "rm" / "quality.json"
+    if rm_q.exists():
+        result["reward_model"] = json.loads(rm_q.read_text())
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    (out / "report.md").write_text(report(result))
+    eval_plot(result, out / "plots" / "eval.png")
+    return result
+
+
+def run_demo(cfg: Config, out: pathlib.Path, *, quick: bool = False) -> dict:
+    """SFT -> R_phi -> PPO -> evaluation, the table and the plots; with ``quick`` also
+    ``metrics.json`` (Recall@10, NDCG@10, KL, coherence, satisfaction for base, SFT and PPO)."""
+    from .encoder import SentenceEncoder
+
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    encoder = SentenceEncoder()
+    data = prepare_data(cfg, out / "data")
+    run_sft(cfg, out, data=data)
+    run_train_rm(cfg, out, encoder=encoder, data=data)
+    run_ppo(cfg, out, encoder=encoder, data=data)
+    result = run_eval(cfg, out, encoder=encoder, data=data)
+    plots(out, kl_target=cfg.kl_target)
+    summary = {
+        name: {
+            "recall@10": result[name]["synthetic"]["standard"]["recall@10"],
+            "ndcg@10": result[name]["synthetic"]["standard"]["ndcg@10"],
+            "coherence": result[name]["synthetic"]["coherence"],
+            "satisfaction": result[name]["synthetic"]["satisfaction"],
+            "kl": 0.0 if name != "ppo" else result.get("ppo_kl_final", float("nan")),
+        }
+        for name in ("base", "sft", "ppo")
+        if name in result
+    }
+    summary["seconds"] = time.time() - t0
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print((out / "report.md").read_text())
+    return result

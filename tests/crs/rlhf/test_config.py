@@ -1,0 +1,53 @@
+"""The run configuration: unknown keys, types and ranges, TOML, and the CLI's one-line errors."""
+
+import pytest
+
+from crs_fast.crs.rlhf import config as CF
+
+
+def test_config_rejects_unknown_keys_and_reads_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('model = "tiny"\nppo_iters = 3\n')
+    cfg = CF.Config.load(path, seed=5)
+    assert cfg.model == "tiny" and cfg.ppo_iters == 3 and cfg.seed == 5
+    path.write_text("ppo_iterz = 3\n")
+    with pytest.raises(ValueError, match="unknown configuration keys \\['ppo_iterz'\\]"):
+        CF.Config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ({"ppo_epochs": "4"}, TypeError, "Config.ppo_epochs: expected int, got '4'"),
+        ({"ppo_epochs": True}, TypeError, "Config.ppo_epochs: expected int, got True"),
+        ({"recommend_first": 1}, TypeError, "Config.recommend_first: expected bool"),
+        ({"ppo_lr": "1e-4"}, TypeError, "Config.ppo_lr: expected float"),
+        ({"minibatch": 0}, ValueError, "Config.minibatch: expected > 0, got 0"),
+        ({"clip": -0.2}, ValueError, "Config.clip: expected > 0"),
+        ({"ent_coef": -1e-3}, ValueError, "Config.ent_coef: expected >= 0"),
+        ({"lam": 1.5}, ValueError, "Config.lam: expected a value in \\[0, 1\\]"),
+        ({"kl_target": -6.0}, ValueError, "Config.kl_target"),
+        ({"real_data": "yes"}, ValueError, "Config.real_data: expected 'auto', 'on' or 'off'"),
+    ],
+)
+def test_config_checks_types_and_ranges(bad, error, message):
+    with pytest.raises(error, match=message):
+        CF.Config(**bad)
+
+
+def test_config_takes_ints_for_floats_and_none_or_zero_kl_target():
+    cfg = CF.Config(item_pg=3, ppo_lr=1, kl_target=None)
+    assert isinstance(cfg.item_pg, float) and cfg.item_pg == 3.0 and isinstance(cfg.ppo_lr, float)
+    assert CF.Config(kl_target=0).kl_target == 0.0
+    assert CF.Config(**CF.Config.quick().as_dict()) == CF.Config.quick()
+
+
+def test_cli_reports_a_bad_config_value_without_a_traceback(tmp_path, capsys):
+    from crs_fast.cli import main
+
+    with pytest.raises(SystemExit, match="crs-fast demo: Config.ppo_epochs: expected int, got 'abc'"):
+        main(["demo", "--quick", "--out", str(tmp_path), "--set", "ppo_epochs=abc"])
+    (tmp_path / "c.toml").write_text("clip = 0\n")
+    with pytest.raises(SystemExit, match="crs-fast ppo: Config.clip: expected > 0"):
+        main(["ppo", "--out", str(tmp_path), "--config", str(tmp_path / "c.toml")])
+    assert not (tmp_path / "sft").exists()

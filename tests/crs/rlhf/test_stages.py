@@ -1,0 +1,135 @@
+"""The pipeline's stages on the tiny model: SFT and R_phi quality, PPO interrupted and resumed,
+DDP over two processes, the quick demo's outputs, and the KL-optimum analysis."""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import real_data_dir
+
+from crs_fast.crs.rlhf import config as CF
+from crs_fast.crs.rlhf import run_io as IO
+from crs_fast.crs.rlhf import stages as ST
+
+
+def _copy_stages(src: pathlib.Path, dst: pathlib.Path) -> None:
+    for name in ("sft", "rm"):
+        shutil.copytree(src / name, dst / name)
+
+
+def test_sft_lowers_the_loss_and_rm_reports_quality(trained):
+    cfg, out, quality = trained
+    rows = IO.Tracker(out).rows("sft")
+    assert len(rows) == cfg.sft_steps
+    first = sum(r["sft_loss"] for r in rows[:10]) / 10
+    last = sum(r["sft_loss"] for r in rows[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    assert quality["n_train"] > 50 and quality["n_valid"] > 5
+    assert set(quality) >= {"dwell_spearman", "sentiment_spearman", "engagement_auc", "satisfaction_spearman"}
+    assert (out / "sft" / "policy.safetensors").exists() and (out / "rm" / "reward_model.safetensors").exists()
+
+
+def test_interrupted_and_resumed_ppo_ends_like_an_uninterrupted_run(trained, tmp_path, encoder):
+    cfg, out, _ = trained
+    a, b = tmp_path / "a", tmp_path / "b"
+    _copy_stages(out, a)
+    _copy_stages(out, b)
+    full = ST.run_ppo(cfg, a, encoder=encoder)
+    with pytest.raises(KeyboardInterrupt):
+        ST.run_ppo(cfg, b, encoder=encoder, stop_after=1)  # Ctrl-C after the first iteration
+    assert json.loads((b / "ppo" / "checkpoint" / "state.json").read_text())["iteration"] == 1
+    # as a crash (no Ctrl-C) after logging iterations past the checkpoint, and between the two
+    # renames of a checkpoint swap, would leave it: the resumed run replaces those rows and finds
+    # the complete checkpoint under checkpoint.old
+    for step in (1, 2):
+        IO.Tracker(b).log("ppo", step, {"reward": -99.0, "kl": -99.0})
+    os.replace(b / "ppo" / "checkpoint", b / "ppo" / "checkpoint.old")
+    resumed = ST.run_ppo(cfg, b, encoder=encoder, resume=True)
+    for (name, p), q in zip(full.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    ra, rb = IO.Tracker(a).rows("ppo"), IO.Tracker(b).rows("ppo")
+    assert [r["step"] for r in rb] == [0, 1, 2, 3]  # the interrupted run logged 0, the resumed one 1..3
+    for x, y in zip(ra, rb, strict=True):
+        for key in ("reward", "kl", "value_loss", "policy_loss", "item_loss"):
+            assert math.isclose(x[key], y[key], rel_tol=1e-4, abs_tol=1e-6), (key, x[key], y[key])
+
+
+def test_two_process_ddp_step_keeps_ranks_identical(trained, tmp_path, small):
+    _, out, _ = trained
+    work = tmp_path / "ddp"
+    _copy_stages(out, work)
+    env = {**os.environ, "CRS_FAST_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "crs_fast.crs.rlhf.ddp_check",
+        str(work),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p0, p1 = torch.load(work / "params_rank0.pt"), torch.load(work / "params_rank1.pt")
+    assert torch.equal(p0, p1)
+    cfg = CF.Config.quick(**small)
+    _, sft_policy, _ = ST.setup_stage(cfg, work)
+    IO.load_policy(sft_policy, work / "sft" / "policy.safetensors")
+    before = torch.cat([p.detach().flatten() for p in sft_policy.parameters()])
+    assert not torch.equal(before, p0), "the PPO step changed nothing"
+
+
+def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
+    from crs_fast.cli import main
+
+    real = os.environ.get("CI") is not None
+    if real:
+        real_data_dir()
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--out", str(out)] + ([] if real else ["--real-data", "off"])
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("base", "sft", "ppo"):
+        assert set(metrics[name]) == {"recall@10", "ndcg@10", "kl", "coherence", "satisfaction"}
+        assert all(math.isfinite(v) for v in metrics[name].values())
+        assert 0 <= metrics[name]["recall@10"] <= 1
+    assert 0 < metrics["ppo"]["kl"] < 200
+    result = json.loads((out / "eval.json").read_text())
+    assert set(result["ppo_vs_sft"]) == {"satisfaction", "recall@10"}
+    if real:
+        assert result["real_data"] and "redial" in result["ppo"]
+        assert set(result["ppo"]["redial"]["dedup"]) >= {"recall@1", "recall@10", "recall@50"}
+        diffs = result["redial_ppo_vs_sft"]
+        assert set(diffs) == {"recall@1", "recall@10", "recall@50"}
+        assert all(d["lo"] <= d["diff"] <= d["hi"] and d["groups"] > 1 for d in diffs.values())
+    assert result["ppo_vs_sft"]["recall@10"]["groups"] == 64  # the quick run's held-out users, resampled whole
+    assert (out / "plots" / "ppo.png").stat().st_size > 1000
+    assert (out / "plots" / "eval.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "UniCRS (published)" in report
+    for link in ("plots/eval.png", "plots/ppo.png"):  # the report links the plots the run drew
+        assert f"]({link})" in report and (out / link).exists()
+
+
+def test_kl_optimum_moves_from_the_policy_towards_r_phi(trained, encoder):
+    from crs_fast.crs.rlhf.analysis import kl_optimum
+
+    cfg, out, _ = trained
+    res = kl_optimum(cfg, out, betas=(0.1, 1.0, 1e9), users=16, encoder=encoder)
+    far = res["beta=1e+09"]  # beta -> infinity: the policy itself
+    for key in ("recall@10", "greedy_fit", "expected_fit"):
+        assert far[key] == pytest.approx(res["policy"][key], abs=1e-6)
+    assert far["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert res["beta=0.1"]["kl"] > res["beta=1"]["kl"] > 0  # a smaller beta moves further
+    assert all(0 <= r["recall@10"] <= 1 and 0 <= r["greedy_fit"] <= 1 for r in res.values())
+    with pytest.raises(ValueError, match="betas"):
+        kl_optimum(cfg, out, betas=(0.0,), users=2, encoder=encoder)
