@@ -25,11 +25,11 @@ FAMILIES = {
 # crs_fast.crs.rlhf's layers, top to bottom: a module imports only from earlier layers.
 RLHF_LAYERS = [
     {"config", "lm", "encoder"},
-    {"corpus"},
+    {"corpus", "baselines"},
     {"policy", "reward"},
     {"sft", "rollout"},
     {"online_rm", "ppo", "evaluate"},
-    {"run_io"},
+    {"run_io", "compare"},
     {"report"},
     {"stages"},
     {"cli", "analysis", "ddp_check"},

@@ -7,6 +7,7 @@ import ast
 import pathlib
 import sys
 
+from ..data.schema import DataError
 from .config import Config
 from .report import plots
 from .stages import run_demo, run_eval, run_ppo, run_sft, run_train_rm
@@ -33,6 +34,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any Config key, repeatable")
         if name == "ppo":
             p.add_argument("--resume", action="store_true", help="continue from ppo/checkpoint in --out")
+        if name == "eval":
+            p.add_argument(
+                "--redial-test",
+                type=pathlib.Path,
+                metavar="FILE",
+                help="evaluate on this ReDial test file (original format) instead of the data directory's",
+            )
 
 
 def _config(args: argparse.Namespace):
@@ -76,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"PPO policy: {out / 'ppo' / 'policy.safetensors'}")
             plots(out, kl_target=cfg.kl_target)
         elif args.command == "eval":
-            run_eval(cfg, out)
+            run_eval(cfg, out, redial_test=args.redial_test)
             print((out / "report.md").read_text())
         else:
             run_demo(cfg, out, quick=args.quick)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # a missing stage output, an --out that is a file, a disk error
+    except (OSError, DataError) as exc:  # a missing stage output or file, an --out that is a file, bad data
         print(f"crs-fast {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0

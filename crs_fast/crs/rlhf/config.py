@@ -123,12 +123,13 @@ class Config:
 
     model: str = "smollm2"
     seed: int = 0
-    real_data: str = "auto"  # auto | on | off: use ReDial (catalog, train/test) from the data dir
+    real_data: str = "auto"  # auto | on | off: use the real dataset (catalog, train/valid/test) from the data dir
+    dataset: str = "redial"  # the real dataset: "redial" or "opendialkg"
     catalog_items: int = 600  # generated catalog size when no real catalog is used
     user_pool: int = 400  # real catalog: synthetic users' anchors and targets among its most-mentioned items; 0 all
     item_features: bool = True  # item rows of the LM head += learned embeddings of their genres, director, stars
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
-    redial_train_max: int = 500
+    redial_train_max: int = 0  # ReDial training dialogues (train_data, then train_extra); 0: all of them
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)
     max_context: int = 128
     max_response: int = 24
@@ -172,7 +173,7 @@ class Config:
     eval_every: int = 5
     val_users: int = 32
     save_every: int = 5
-    redial_eval_max: int = 120
+    redial_eval_max: int = 0  # ReDial test (and valid) dialogues evaluated; 0: all of them
     bootstrap: int = 1000
     lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of the whole LM
     train_layers: int = 2  # > 0: train only the top layers (+ untied head, value head); 0: everything
@@ -213,6 +214,8 @@ class Config:
                 raise ValueError(f"Config.{name}: expected a value in [0, 1], got {getattr(self, name)!r}")
         if self.kl_target is not None and not self.kl_target >= 0:
             raise ValueError(f"Config.kl_target: expected None, 0 (fixed beta) or > 0, got {self.kl_target!r}")
+        if self.dataset not in ("redial", "opendialkg"):
+            raise ValueError(f"Config.dataset: expected 'redial' or 'opendialkg', got {self.dataset!r}")
         if self.real_data not in ("auto", "on", "off"):
             raise ValueError(f"Config.real_data: expected 'auto', 'on' or 'off', got {self.real_data!r}")
 

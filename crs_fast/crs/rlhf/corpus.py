@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pathlib
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..data.opendialkg import load_opendialkg, load_opendialkg_catalog
 from ..data.redial import load_redial, load_redial_catalog, most_mentioned
-from ..data.schema import Catalog, Dialogue, Turn, data_dir
+from ..data.schema import Catalog, Dialogue, Item, Turn, data_dir
 from ..data.simulator import USER_PHRASES
 from ..data.synthetic import SYSTEM_PHRASES, generate_catalog, write_synthetic_redial
 from .config import Config
@@ -21,14 +23,17 @@ from .lm import item_token, with_item_tokens
 
 @dataclass
 class CRSData:
-    """The catalog, the logged dialogues for SFT and R_phi, and the ReDial test set (if real)."""
+    """The catalog, the logged dialogues for SFT and R_phi (synthetic ones have ids "synth..."),
+    and the real dataset's validation and test sets (if real)."""
 
     catalog: Catalog
     train: list[Dialogue]
     valid: list[Dialogue]
-    redial_test: list[Dialogue] | None
+    real_test: list[Dialogue] | None
     real: bool
     pool: list[str] | None = None  # the items synthetic users know (None: the whole catalog)
+    real_valid: list[Dialogue] | None = None  # the real dataset's validation dialogues: what choices are made on
+    dataset: str = "redial"  # which real dataset: "redial" or "opendialkg"
 
 
 def redial_paths() -> dict[str, pathlib.Path]:
@@ -39,26 +44,25 @@ def redial_paths() -> dict[str, pathlib.Path]:
             ("movies", "movies_with_mentions.csv"),
             ("info", "movie_info.json"),
             ("train", "train_data.jsonl"),
+            ("valid", "valid_data.jsonl"),
             ("test", "test_data.jsonl"),
         )
     }
 
 
 def prepare_data(cfg: Config, workdir: pathlib.Path) -> CRSData:
-    """Catalog (ReDial's when the data directory has it and ``real_data`` allows, else generated),
-    synthetic logged dialogues over it, plus ReDial train/test when real."""
-    paths = redial_paths()
-    have = all(p.exists() for p in paths.values())
-    if cfg.real_data == "on" and not have:
-        raise FileNotFoundError(f"real_data='on' but the ReDial files are missing under {data_dir() / 'redial'}")
-    real = have and cfg.real_data != "off"
-    pool = None
+    """Catalog (the real dataset's when the data directory has it and ``real_data`` allows, else
+    generated), synthetic logged dialogues over it, plus the real dataset's train, valid and test
+    dialogues when real: ReDial's ``train_data`` + ``train_extra`` / ``valid_data`` / ``test_data``,
+    or OpenDialKG's processed ``train`` / ``valid`` / ``test`` turns (``cfg.dataset``;
+    ``redial_train_max`` / ``redial_eval_max`` cap them, 0: all)."""
+    real_files = _redial_files(cfg) if cfg.dataset == "redial" else _opendialkg_files(cfg)
+    real = real_files is not None
     if real:
-        catalog = load_redial_catalog(paths["movies"], paths["info"])
-        if cfg.user_pool > 0:
-            pool = [i for i in most_mentioned(paths["movies"], cfg.user_pool) if i in catalog]
+        catalog, pool, real_train, real_valid, real_test = real_files
     else:
-        catalog = generate_catalog(cfg.catalog_items, seed=cfg.seed)
+        catalog, pool = generate_catalog(cfg.catalog_items, seed=cfg.seed), None
+        real_train, real_valid, real_test = [], None, None
     workdir.mkdir(parents=True, exist_ok=True)
     synth_file = write_synthetic_redial(
         catalog, cfg.synthetic_users, workdir / "synthetic_dialogues.jsonl", seed=cfg.seed, pool=pool
@@ -67,12 +71,72 @@ def prepare_data(cfg: Config, workdir: pathlib.Path) -> CRSData:
     rng = random.Random(cfg.seed)
     rng.shuffle(synth)
     n_val = max(1, len(synth) // 10)
-    train, valid = synth[n_val:], synth[:n_val]
-    test = None
-    if real:
-        train += list(load_redial(paths["train"], on_error="skip"))[: cfg.redial_train_max]
-        test = list(load_redial(paths["test"], on_error="skip"))[: cfg.redial_eval_max]
-    return CRSData(catalog, train, valid, test, real, pool)
+    train, valid = synth[n_val:] + real_train, synth[:n_val]
+    return CRSData(catalog, train, valid, real_test, real, pool, real_valid, cfg.dataset)
+
+
+def _use_real(cfg: Config, have: bool, where: pathlib.Path) -> bool:
+    if cfg.real_data == "on" and not have:
+        raise FileNotFoundError(f"real_data='on' but the {cfg.dataset} files are missing under {where}")
+    return have and cfg.real_data != "off"
+
+
+def _redial_files(cfg: Config) -> tuple | None:
+    """(catalog, user pool, train, valid, test) of ReDial, or None when not used."""
+    paths = redial_paths()
+    if not _use_real(cfg, all(p.exists() for n, p in paths.items() if n != "valid"), data_dir() / "redial"):
+        return None
+    catalog = load_redial_catalog(paths["movies"], paths["info"])
+    pool = [i for i in most_mentioned(paths["movies"], cfg.user_pool) if i in catalog] if cfg.user_pool > 0 else None
+    train = _first(_redial_train(paths["train"]), cfg.redial_train_max)
+    valid = (
+        _first(load_redial(paths["valid"], on_error="skip"), cfg.redial_eval_max) if paths["valid"].exists() else None
+    )
+    test = _first(load_redial(paths["test"], on_error="skip"), cfg.redial_eval_max)
+    return catalog, pool, train, valid, test
+
+
+def _opendialkg_files(cfg: Config) -> tuple | None:
+    """(catalog, user pool, train, valid, test) of OpenDialKG's processed recommendation turns (one
+    dialogue per turn record, titles linked to ``item_info.json``), or None when not used. Its
+    actors are the catalog's stars (the attribute the simulator and R_phi read) and a book's
+    writers its directors."""
+    root = data_dir() / "opendialkg"
+    files = {n: root / f"{n}.jsonl" for n in ("train", "valid", "test")}
+    if not _use_real(cfg, (root / "item_info.json").exists() and all(p.exists() for p in files.values()), root):
+        return None
+    raw = load_opendialkg_catalog(root / "item_info.json")
+    items = []
+    for it in raw.items.values():
+        a = dict(it.attributes)
+        a.setdefault("star", a.get("actor", []))
+        if not a.get("director"):
+            a["director"] = a.get("writer", [])
+        items.append(Item(it.id, it.title, a))
+    catalog = Catalog(items, source=raw.source)
+    train = _first(load_opendialkg(files["train"], catalog, on_error="skip"), cfg.redial_train_max)
+    valid = _first(load_opendialkg(files["valid"], catalog, on_error="skip"), cfg.redial_eval_max)
+    test = _first(load_opendialkg(files["test"], catalog, on_error="skip"), cfg.redial_eval_max)
+    counts = Counter(i for d in train for t in d.turns for i in t.items)
+    pool = [i for i, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[: cfg.user_pool]] or None
+    return catalog, (pool if cfg.user_pool > 0 else None), train, valid, test
+
+
+def _first(dialogues: list[Dialogue], n: int) -> list[Dialogue]:
+    """The first ``n`` dialogues (all of them for ``n = 0``)."""
+    return list(dialogues)[:n] if n else list(dialogues)
+
+
+def _redial_train(train_file: pathlib.Path) -> list[Dialogue]:
+    """ReDial's training dialogues: ``train_data.jsonl``, then ``train_extra.jsonl`` (the same
+    release without message times, redistributed by iEvaLM-CRS) where it exists, minus ids
+    already read."""
+    out = list(load_redial(train_file, on_error="skip"))
+    extra = train_file.with_name("train_extra.jsonl")
+    if extra.exists():
+        seen = {d.id for d in out}
+        out += [d for d in load_redial(extra, on_error="skip") if d.id not in seen]
+    return out
 
 
 def turn_text(turn: Turn, catalog: Catalog) -> str:

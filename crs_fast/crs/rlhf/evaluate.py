@@ -49,12 +49,16 @@ def synthetic_samples(catalog: Catalog, seeds: Sequence[int], pool: Sequence[str
     return out
 
 
-def redial_samples(dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool) -> list[Sample]:
-    """One sample per ground-truth movie of each recommender turn (``rec_samples``)."""
+def real_samples(
+    dialogues: Sequence[Dialogue], catalog: Catalog, *, dedup: bool, final_only: bool = False
+) -> list[Sample]:
+    """One sample per ground-truth item of each recommender turn (``rec_samples``); with
+    ``final_only``, of each dialogue's last turn only."""
+    last = {d.id: len(d.turns) - 1 for d in dialogues}
     return [
         Sample(prompt(s.context, catalog), s.targets[0], s.mentioned, s.dialogue_id)
         for s in rec_samples(dialogues, dedup=dedup)
-        if s.targets[0] in catalog
+        if s.targets[0] in catalog and (not final_only or s.turn_index == last[s.dialogue_id])
     ]
 
 

@@ -16,6 +16,17 @@ PUBLISHED = {  # ../shared/data/README.md: Recall@1/10/50 on ReDial
     "UniCRS": (0.051, 0.224, 0.428),
     "UniCRS (dedup)": (0.024, 0.180, 0.335),
 }
+PUBLISHED_OPENDIALKG = {  # the same README: Recall@1/10/50 on OpenDialKG, iEvaLM protocol
+    "KBRD": (0.231, 0.423, 0.492),
+    "UniCRS": (0.308, 0.513, 0.574),
+}
+SET_LABELS = {
+    "synthetic": "synthetic",
+    "redial": "ReDial test",
+    "redial_valid": "ReDial valid",
+    "opendialkg": "OpenDialKG test",
+    "opendialkg_valid": "OpenDialKG valid",
+}
 
 
 def _dedup(res: dict) -> str:
@@ -42,29 +53,53 @@ def report(result: dict) -> str:
             f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(s)} | {s['satisfaction']:.3f} | "
             f"{s['coherence']:.3f} | {s['distinct2']:.3f} |"
         )
-        if "redial" in res:
-            r = res["redial"]
+        for set_name, label in SET_LABELS.items():
+            if set_name == "synthetic" or set_name not in res:
+                continue
+            r = res[set_name]
             st = r["standard"]
+            success = f"success {r['success_rate']:.3f}" if "success_rate" in r else "-"
             lines.append(
-                f"| {name} | ReDial test | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
-                f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(r)} | "
-                f"success {r['success_rate']:.3f} | - | - |"
+                f"| {name} | {label} | {st['recall@1']:.3f} | {st['recall@10']:.3f} | {st['recall@50']:.3f} | "
+                f"{st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(r)} | {success} | - | - |"
             )
-    for name, (r1, r10, r50) in PUBLISHED.items():
+    for name, by_set in result.get("baselines", {}).items():
+        for set_name, label in SET_LABELS.items():
+            if set_name not in by_set:
+                continue
+            st = by_set[set_name]["standard"]
+            lines.append(
+                f"| {name} (baseline) | {label} | {st['recall@1']:.3f} | {st['recall@10']:.3f} | "
+                f"{st['recall@50']:.3f} | {st['ndcg@10']:.3f} | {st['mrr@10']:.3f} | {_dedup(by_set[set_name])} "
+                "| - | - | - |"
+            )
+    published = PUBLISHED_OPENDIALKG if result.get("dataset") == "opendialkg" else PUBLISHED
+    where = "OpenDialKG" if result.get("dataset") == "opendialkg" else "ReDial"
+    for name, (r1, r10, r50) in published.items():
         dedup = f"{r1:.3f} / {r10:.3f} / {r50:.3f}" if "dedup" in name else "-"
         std = ("-", "-", "-") if "dedup" in name else (f"{r1:.3f}", f"{r10:.3f}", f"{r50:.3f}")
-        lines.append(f"| {name} (published) | ReDial | {' | '.join(std)} | - | - | {dedup} | - | - | - |")
+        lines.append(f"| {name} (published) | {where} | {' | '.join(std)} | - | - | {dedup} | - | - | - |")
     if "ppo_vs_sft" in result:
         lines.append("")
         for k, v in result["ppo_vs_sft"].items():
             whole = f", {v['groups']} users resampled whole" if "groups" in v else ""
             lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}{whole})")
-    if "redial_ppo_vs_sft" in result:
-        for k, v in result["redial_ppo_vs_sft"].items():
+    for ds in ("redial", "opendialkg"):
+        for k, v in result.get(f"{ds}_ppo_vs_sft", {}).items():
             lines.append(
-                f"PPO - SFT, ReDial test {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}, "
-                f"{v['groups']} dialogues resampled whole)"
+                f"PPO - SFT, {SET_LABELS[ds]} {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. "
+                f"{v['hi']:+.4f}, {v['groups']} dialogues resampled whole)"
             )
+    for set_name, by_protocol in result.get("ppo_vs_baselines", {}).items():
+        lines.append("")
+        unit = "users" if set_name == "synthetic" else "dialogues"
+        for protocol, block in by_protocol.items():
+            for key, v in block.get("best", {}).items():
+                lines.append(
+                    f"PPO - best baseline ({v['baseline']}), {SET_LABELS.get(set_name, set_name)} {protocol} {key}: "
+                    f"{v['diff']:+.4f} "
+                    f"(95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}, {v['groups']} {unit} resampled whole)"
+                )
     if "ppo_kl_final" in result:
         lines.append(
             f"\nKL(PPO || SFT reference) per dialogue at the last iteration: {result['ppo_kl_final']:.4f} nats"
@@ -178,9 +213,10 @@ def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.
 
 
 def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
-    """``path`` (PNG): base, SFT and PPO side by side on synthetic satisfaction and Recall@10 and,
-    when evaluated, ReDial test Recall@1/10/50 beside the published UniCRS numbers; each panel's
-    title carries PPO - SFT with its 95% bootstrap interval. None when no policy was evaluated."""
+    """``path`` (PNG): base, SFT and PPO side by side on synthetic satisfaction and, with the
+    baselines on the same samples, synthetic Recall@10 and, when evaluated, ReDial test
+    Recall@1/10/50 beside the published UniCRS numbers; each panel's title carries PPO - SFT with
+    its 95% bootstrap interval. None when no policy was evaluated."""
     names = [n for n in ("base", "sft", "ppo") if n in result]
     if not names:
         return None
@@ -193,28 +229,46 @@ def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
         d = result.get(group, {}).get(key)
         return f"\nPPO - SFT {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else ""
 
+    baselines = result.get("baselines", {})
+
+    def with_baselines(set_name: str, get_metrics) -> tuple[list[str], list[float]]:
+        """The policies' values, then each baseline's on the same samples (when evaluated)."""
+        labels, vals = list(names), [get_metrics(result[n][set_name]) for n in names]
+        for b, by_set in baselines.items():
+            if set_name in by_set:
+                labels.append(b)
+                vals.append(get_metrics(by_set[set_name]))
+        return labels, vals
+
     panels = [
-        ("synthetic satisfaction" + diff("ppo_vs_sft", "satisfaction"), lambda r: r["synthetic"]["satisfaction"], None),
+        (
+            "synthetic satisfaction" + diff("ppo_vs_sft", "satisfaction"),
+            lambda: (names, [result[n]["synthetic"]["satisfaction"] for n in names]),
+            None,
+        ),
         (
             "synthetic Recall@10" + diff("ppo_vs_sft", "recall@10"),
-            lambda r: r["synthetic"]["standard"]["recall@10"],
+            lambda: with_baselines("synthetic", lambda r: r["standard"]["recall@10"]),
             None,
         ),
     ]
-    if all("redial" in result[n] for n in names):
+    ds = result.get("dataset", "redial")
+    published = (PUBLISHED_OPENDIALKG if ds == "opendialkg" else PUBLISHED)["UniCRS"]
+    if all(ds in result[n] for n in names):
         for i, k in enumerate(KS):
             panels.append(
                 (
-                    f"ReDial test Recall@{k}" + diff("redial_ppo_vs_sft", f"recall@{k}"),
-                    lambda r, k=k: r["redial"]["standard"][f"recall@{k}"],
-                    PUBLISHED["UniCRS"][i],
+                    f"{SET_LABELS[ds]} Recall@{k}" + diff(f"{ds}_ppo_vs_sft", f"recall@{k}"),
+                    lambda k=k: with_baselines(ds, lambda r: r["standard"][f"recall@{k}"]),
+                    published[i],
                 )
             )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.6))
     for ax, (title, get, published) in zip(axes, panels, strict=True):
-        vals = [get(result[n]) for n in names]
-        bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        labels, vals = get()
+        bars = ax.bar(labels, vals, color=[f"C{i}" for i in range(len(labels))])
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
         if published is not None:
             ax.axhline(published, color="grey", ls="--", lw=1, label=f"UniCRS (published) {published:.3f}")

@@ -163,12 +163,17 @@ def save_checkpoint(ckpt: pathlib.Path, policy, opt, state: dict, online: Online
     shutil.rmtree(old, ignore_errors=True)
 
 
+def reward_model_path(out: pathlib.Path) -> pathlib.Path:
+    """R_phi's weights in a run directory; FileNotFoundError (one line) when the stage has not run."""
+    path = out / "rm" / "reward_model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `crs-fast train-rm` first")
+    return path
+
+
 def load_reward_model(out: pathlib.Path, dim: int) -> RewardModel:
     from safetensors.torch import load_model
 
     rm = RewardModel(dim=dim)
-    path = out / "rm" / "reward_model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `crs-fast train-rm` first")
-    load_model(rm, str(path))
+    load_model(rm, str(reward_model_path(out)))
     return rm.eval()

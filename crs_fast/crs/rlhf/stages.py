@@ -18,6 +18,9 @@ from typing import Any
 
 import torch
 
+from ..data.redial import load_redial
+from ..data.schema import DataError
+from .compare import evaluate_baselines, hits, ppo_vs, sample_sets
 from .config import Config
 from .corpus import CRSData, prepare_data, prompt
 from .evaluate import (
@@ -28,12 +31,12 @@ from .evaluate import (
     dialogue_metrics,
     ranking_metrics,
     ranks,
-    redial_samples,
     redial_success,
     synthetic_samples,
     synthetic_seed,
     top_lists,
 )
+from .lm import render
 from .online_rm import OnlineRM
 from .policy import build_policy, frozen_copy, param_groups
 from .ppo import make_batch, ppo_update
@@ -47,6 +50,7 @@ from .run_io import (
     load_policy,
     load_reward_model,
     progress_bar,
+    reward_model_path,
     save_atomic,
     save_checkpoint,
     save_policy,
@@ -225,31 +229,55 @@ def run_ppo(
     return acc.unwrap_model(model)
 
 
-def run_eval(cfg: Config, out: pathlib.Path, *, encoder=None, data: CRSData | None = None) -> dict:
-    """Evaluate the base (zero-shot), SFT and PPO policies; writes ``eval.json``, ``report.md`` and
-    ``plots/eval.png``."""
+def run_eval(
+    cfg: Config,
+    out: pathlib.Path,
+    *,
+    encoder=None,
+    data: CRSData | None = None,
+    redial_test: pathlib.Path | None = None,
+) -> dict:
+    """Evaluate the base (zero-shot), SFT and PPO policies and the baselines on the same samples;
+    writes ``eval.json``, ``report.md`` and ``plots/eval.png``. ``redial_test``: a ReDial file in
+    the original format to evaluate on instead of the data directory's ``test_data.jsonl`` (the
+    official full test set, for instance)."""
     from .encoder import SentenceEncoder
 
+    reward_model_path(out)  # first: a missing run fails before anything is loaded or written into `out`
+    test_file = load_redial(redial_test) if redial_test is not None else None  # a bad file fails here too
     encoder = encoder or SentenceEncoder()
-    rm = load_reward_model(out, encoder.dim)  # first: a missing run fails before anything is written into `out`
+    rm = load_reward_model(out, encoder.dim)
     data = data or prepare_data(cfg, out / "data")
+    if test_file is not None:
+        if not data.real or data.dataset != "redial":
+            raise DataError(f"{redial_test}: needs the ReDial catalog (dataset redial, real_data on, data present)")
+        data.real_test = list(test_file)
     scorer = Scorer(rm, encoder, data.catalog)
-    redial = None
-    if data.redial_test:  # the samples and contexts are the same for every policy
-        std_s = redial_samples(data.redial_test, data.catalog, dedup=False)
-        ded_s = redial_samples(data.redial_test, data.catalog, dedup=True)
-        k = min(len(data.catalog), max(KS) + max((len(x.mentioned) for x in std_s), default=0))
-        prompts = [x.prompt for x in std_s] + [
+    ds = data.dataset  # the real dataset's name: the key of its results
+    final_only = ds == "opendialkg"  # its records' targets are their last (recommending) turn
+    real_sets = {}  # set name -> (standard samples, dedup samples, top-list depth); shared by every policy
+    if data.real_test:
+        real_sets[ds] = sample_sets(data.real_test, data.catalog, final_only=final_only)
+    if data.real_valid:  # the validation dialogues: the figures choices are made on
+        real_sets[f"{ds}_valid"] = sample_sets(data.real_valid, data.catalog, final_only=final_only)
+    success_prompts = []  # ReDial's success rate reads the top item of every recommending turn
+    if ds == "redial" and data.real_test:
+        success_prompts = [
             prompt(d.turns[:i], data.catalog)
-            for d in data.redial_test
+            for d in data.real_test
             for i, t in enumerate(d.turns)
             if t.role == "system" and t.items and i > 0
         ]
-        redial = (std_s, ded_s, k, prompts)
     seeds = [synthetic_seed(cfg, cfg.eval_offset + i, "eval") for i in range(cfg.eval_users)]
     samples = synthetic_samples(data.catalog, seeds, data.pool)
-    result: dict[str, Any] = {"config": cfg.as_dict(), "real_data": data.real, "catalog": len(data.catalog)}
+    result: dict[str, Any] = {
+        "config": cfg.as_dict(),
+        "real_data": data.real,
+        "dataset": ds,
+        "catalog": len(data.catalog),
+    }
     per: dict[str, dict] = {}
+    policy_ranks: dict[str, dict] = {}
     trunk = TrunkCache()
     stages = [("base", None), ("sft", out / "sft" / "policy.safetensors"), ("ppo", out / "ppo" / "policy.safetensors")]
     with progress_bar(len(stages), "Evaluation") as advance:
@@ -265,23 +293,24 @@ def run_eval(cfg: Config, out: pathlib.Path, *, encoder=None, data: CRSData | No
             dia, per_user = dialogue_metrics(policy, tok, data.catalog, seeds, cfg, scorer, encoder, data.pool)
             res = {"synthetic": {"standard": ranking_metrics(r_std), "dedup": ranking_metrics(r_dedup), **dia}}
             per[name] = {"recall@10": [float(x is not None and x < 10) for x in r_std], **per_user}
-            if redial is not None:
-                std_s, ded_s, k, prompts = redial
-                # one forward per context, shared below; the frozen trunk's part shared by the policies
-                lists = top_lists(policy, tok, prompts, k, cfg, trunk.for_policy(policy))
+            policy_ranks[name] = {"synthetic": (r_std, r_dedup)}
+            for set_name, (std_s, ded_s, k) in real_sets.items():
+                # one forward per context, shared by both protocols; the frozen trunk's part by the policies
+                extra = success_prompts if set_name == ds else []
+                lists = top_lists(policy, tok, [x.prompt for x in std_s] + extra, k, cfg, trunk.for_policy(policy))
                 std, _ = ranks(policy, tok, data.catalog, std_s, cfg, lists)
                 _, ded = ranks(policy, tok, data.catalog, ded_s, cfg, lists)
-                per[name].update({f"redial_recall@{c}": [float(x is not None and x < c) for x in std] for c in KS})
-                res["redial"] = {
-                    "standard": ranking_metrics(std),
-                    "dedup": ranking_metrics(ded),
-                    **redial_success(policy, tok, data.catalog, data.redial_test, cfg, lists),
-                }
+                policy_ranks[name][set_name] = (std, ded)
+                res[set_name] = {"standard": ranking_metrics(std), "dedup": ranking_metrics(ded)}
+                if extra:
+                    res[set_name].update(redial_success(policy, tok, data.catalog, data.real_test, cfg, lists))
+            if ds in real_sets:
+                per[name].update({f"{ds}_recall@{c}": hits(policy_ranks[name][ds][0], c) for c in KS})
             result[name] = res
             advance(name)
     if "sft" in per and "ppo" in per:
         # satisfaction: one value per user; recalls: the samples of one user (1-3 targets) or one
-        # ReDial dialogue share a context, so whole users / dialogues are resampled
+        # real dialogue share a context, so whole users / dialogues are resampled
         def recall_diff(key: str, groups: list[str]) -> dict[str, float]:
             return cluster_bootstrap_diff(per["sft"][key], per["ppo"][key], groups, n=cfg.bootstrap, seed=cfg.seed)
 
@@ -291,10 +320,19 @@ def run_eval(cfg: Config, out: pathlib.Path, *, encoder=None, data: CRSData | No
             ),
             "recall@10": recall_diff("recall@10", [x.group for x in samples]),
         }
-        if redial is not None and "redial_recall@1" in per["sft"] and "redial_recall@1" in per["ppo"]:
-            result["redial_ppo_vs_sft"] = {
-                f"recall@{c}": recall_diff(f"redial_recall@{c}", [x.group for x in redial[0]]) for c in KS
-            }
+        if ds in real_sets:
+            groups = [x.group for x in real_sets[ds][0]]
+            result[f"{ds}_ppo_vs_sft"] = {f"recall@{c}": recall_diff(f"{ds}_recall@{c}", groups) for c in KS}
+    sets = {"synthetic": (samples, samples), **{n: (v[0], v[1]) for n, v in real_sets.items()}}
+    real_train = [d for d in data.train if not d.id.startswith("synth")]
+    train = {"synthetic": [d for d in data.train if d.id.startswith("synth")]}
+    train.update({n: real_train for n in real_sets})
+    baselines, baseline_ranks = evaluate_baselines(
+        data.catalog, sets, train, cfg, encoder, lambda text: render(text, data.catalog)
+    )
+    result["baselines"] = baselines
+    if "ppo" in policy_ranks:
+        result["ppo_vs_baselines"] = ppo_vs(policy_ranks["ppo"], baseline_ranks, sets, cfg)
     kl_rows = Tracker(out).rows("ppo")
     if kl_rows:
         result["ppo_kl_final"] = kl_rows[-1]["kl"]

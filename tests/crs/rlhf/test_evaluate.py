@@ -37,13 +37,13 @@ def test_sample_groups_are_their_dialogue_or_user(tmp_path):
     dialogues = list(load_redial(write_synthetic_redial(catalog, 12, tmp_path / "d.jsonl", seed=2)))
     index = {d.id: j for j, d in enumerate(dialogues)}
     for dedup in (False, True):
-        samples = E.redial_samples(dialogues, catalog, dedup=dedup)
+        samples = E.real_samples(dialogues, catalog, dedup=dedup)
         groups = [index[s.group] for s in samples]
         assert len(groups) == len(samples) > len(dialogues) and groups == sorted(groups)
         for j, d in enumerate(dialogues):
             mine = [s for s, g in zip(samples, groups, strict=True) if g == j]
             assert [(s.prompt, s.target) for s in mine] == [
-                (s.prompt, s.target) for s in E.redial_samples([d], catalog, dedup=dedup)
+                (s.prompt, s.target) for s in E.real_samples([d], catalog, dedup=dedup)
             ]
     # synthetic users: one sample per target (1-3), all of one user in one group
     samples = E.synthetic_samples(catalog, [11, 12, 13, 14, 15, 16])

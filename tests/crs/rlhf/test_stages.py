@@ -88,14 +88,20 @@ def test_two_process_ddp_step_keeps_ranks_identical(trained, tmp_path, small):
     assert not torch.equal(before, p0), "the PPO step changed nothing"
 
 
-def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
+@pytest.mark.parametrize("dataset", ["redial", "opendialkg"])
+def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
+    """The quick pipeline end to end; under CI on the real dataset (ReDial, then OpenDialKG), elsewhere
+    on generated data (once: without real data both datasets are the same run)."""
     from crs_fast.cli import main
 
     real = os.environ.get("CI") is not None
     if real:
         real_data_dir()
+    elif dataset != "redial":
+        pytest.skip("without real data the OpenDialKG run is the generated-data run; CI runs it on OpenDialKG")
     out = tmp_path / "demo"
-    args = ["demo", "--quick", "--out", str(out)] + ([] if real else ["--real-data", "off"])
+    args = ["demo", "--quick", "--out", str(out), "--set", f"dataset={dataset!r}"]
+    args += [] if real else ["--real-data", "off"]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("base", "sft", "ppo"):
@@ -105,17 +111,24 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path):
     assert 0 < metrics["ppo"]["kl"] < 200
     result = json.loads((out / "eval.json").read_text())
     assert set(result["ppo_vs_sft"]) == {"satisfaction", "recall@10"}
+    assert set(result["baselines"]) == {"popularity", "repeat", "cooccurrence", "content"}
+    assert result["baselines"]["repeat"]["synthetic"]["dedup"]["recall@50"] == 0.0  # zero by construction
     if real:
-        assert result["real_data"] and "redial" in result["ppo"]
-        assert set(result["ppo"]["redial"]["dedup"]) >= {"recall@1", "recall@10", "recall@50"}
-        diffs = result["redial_ppo_vs_sft"]
+        assert result["real_data"] and result["dataset"] == dataset and dataset in result["ppo"]
+        assert set(result["ppo"][dataset]["dedup"]) >= {"recall@1", "recall@10", "recall@50", "n"}
+        assert result["ppo"][f"{dataset}_valid"]["standard"]["n"] > 0  # the validation figures beside
+        diffs = result[f"{dataset}_ppo_vs_sft"]
         assert set(diffs) == {"recall@1", "recall@10", "recall@50"}
         assert all(d["lo"] <= d["diff"] <= d["hi"] and d["groups"] > 1 for d in diffs.values())
+        for name, by_set in result["baselines"].items():  # the baselines ranked the same samples
+            assert by_set[dataset]["standard"]["n"] == result["ppo"][dataset]["standard"]["n"], name
+        best = result["ppo_vs_baselines"][dataset]["dedup"]["best"]["recall@10"]
+        assert best["baseline"] in result["baselines"] and best["lo"] <= best["diff"] <= best["hi"]
     assert result["ppo_vs_sft"]["recall@10"]["groups"] == 64  # the quick run's held-out users, resampled whole
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
     assert (out / "plots" / "eval.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
-    assert "UniCRS (published)" in report
+    assert "UniCRS (published)" in report and "(baseline)" in report
     for link in ("plots/eval.png", "plots/ppo.png"):  # the report links the plots the run drew
         assert f"]({link})" in report and (out / link).exists()
 

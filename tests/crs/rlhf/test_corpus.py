@@ -1,0 +1,67 @@
+"""What a run trains and is evaluated on: every ReDial training dialogue (train_data + train_extra),
+ReDial's validation file for choices and its whole test file; OpenDialKG's processed turns with its
+catalog; and a bad --redial-test file or one without the ReDial catalog fails with one line."""
+
+import json
+
+import pytest
+from helpers import real_data_dir
+
+from crs_fast.crs.data import load_redial
+from crs_fast.crs.data.schema import DataError
+from crs_fast.crs.rlhf import compare as CMP
+from crs_fast.crs.rlhf import config as CF
+from crs_fast.crs.rlhf import corpus as CO
+
+
+def test_redial_uses_all_its_training_dialogues_valid_and_the_whole_test_file(tmp_path):
+    root = real_data_dir() / "redial"
+    data = CO.prepare_data(CF.Config.quick(real_data="on", redial_train_max=0, redial_eval_max=0), tmp_path)
+    real_train = [d for d in data.train if not d.id.startswith("synth")]
+    n_train = len(load_redial(root / "train_data.jsonl", on_error="skip"))
+    extra = {d.id for d in load_redial(root / "train_extra.jsonl", on_error="skip")}
+    assert len(real_train) == len({d.id for d in real_train}) > n_train  # train_extra added, no duplicate
+    assert {d.id for d in real_train[n_train:]} <= extra
+    assert len(data.real_test) == len(load_redial(root / "test_data.jsonl", on_error="skip"))  # not a prefix
+    assert len(data.real_valid) == len(load_redial(root / "valid_data.jsonl", on_error="skip"))
+    assert {d.id for d in data.real_valid}.isdisjoint(d.id for d in data.real_test)
+    capped = CO.prepare_data(CF.Config.quick(real_data="on", redial_train_max=7, redial_eval_max=5), tmp_path)
+    assert len([d for d in capped.train if not d.id.startswith("synth")]) == 7 and len(capped.real_test) == 5
+
+
+def test_opendialkg_turns_catalog_and_final_turn_samples(tmp_path):
+    root = real_data_dir() / "opendialkg"
+    cfg = CF.Config.quick(real_data="on", dataset="opendialkg", redial_train_max=0, redial_eval_max=0)
+    data = CO.prepare_data(cfg, tmp_path)
+    assert data.dataset == "opendialkg" and data.real
+    records = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines() if line.strip()]
+    assert len(data.real_test) == len(records)
+    starred = [it for it in data.catalog.items.values() if it.attributes.get("actor")]
+    assert starred and all(it.attributes["star"] == it.attributes["actor"] for it in starred)
+    assert data.pool and set(data.pool) <= set(data.catalog.ids())
+    std, dedup, k = CMP.sample_sets(data.real_test, data.catalog, final_only=True)
+    # one sample per linked item of each record's recommending (last) turn
+    assert len(std) == sum(len(d.turns[-1].items) for d in data.real_test) > 0.9 * len(records)
+    assert len({s.group for s in std}) <= len(records) and len(dedup) < len(std) and k >= 50
+
+
+def test_redial_test_file_errors(trained, tmp_path, capsys):
+    """A malformed --redial-test file, or one given to a run without the ReDial catalog, stops
+    `crs-fast eval` with one line naming the file, and nothing is written."""
+    from crs_fast.cli import main
+    from crs_fast.crs.rlhf import stages as ST
+
+    cfg, out, _ = trained
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversationId": "1", "messages": "not a list"}\n')
+    with pytest.raises(DataError, match="bad.jsonl"):
+        ST.run_eval(cfg, out, redial_test=bad)
+    good = tmp_path / "good.jsonl"
+    good.write_text((out / "data" / "synthetic_dialogues.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(DataError, match="needs the ReDial catalog"):
+        ST.run_eval(cfg, out, redial_test=good)  # the trained run uses a generated catalog
+    assert not (out / "eval.json").exists()
+    capsys.readouterr()  # what the calls above printed (the encoder loading)
+    assert main(["eval", "--out", str(tmp_path / "no-run"), "--quick", "--redial-test", str(good)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("crs-fast eval:") and len(err.splitlines()) == 1
