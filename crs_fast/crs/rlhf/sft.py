@@ -22,7 +22,18 @@ def sft(
     real = sft_pairs([d for d in data.train if not d.id.startswith("synth")], data.catalog)
     if not synthetic and not real:
         raise ValueError("no system turns with context to fine-tune on")
-    pools = [[encode_pair(tok, c, r, cfg) for c, r in p] for p in (synthetic, real) if p]
+    pools = [p for p in (synthetic, real) if p]
+    encoded: list[dict[int, tuple[list[int], list[int]]]] = [{} for _ in pools]
+
+    def draw(source: int, n: int) -> list[tuple[list[int], list[int]]]:
+        """``n`` pairs of a source, tokenized when first drawn (the same draw as sampling the list)."""
+        out = []
+        for j in rng.sample(range(len(pools[source])), min(n, len(pools[source]))):
+            if j not in encoded[source]:
+                encoded[source][j] = encode_pair(tok, *pools[source][j], cfg)
+            out.append(encoded[source][j])
+        return out
+
     opt = torch.optim.AdamW(param_groups(policy, cfg.sft_lr, cfg.item_lr), weight_decay=0.0)
     rng = random.Random(cfg.seed)
     n_batches = -(-cfg.sft_steps // max(cfg.sft_epochs, 1))
@@ -37,7 +48,7 @@ def sft(
         if k not in cache:
             # half of each batch from each source: ReDial's turns (more numerous) rarely start with an item
             share = [cfg.sft_batch // len(pools) + (i < cfg.sft_batch % len(pools)) for i in range(len(pools))]
-            batch = [x for pool, n in zip(pools, share, strict=True) for x in rng.sample(pool, min(n, len(pool)))]
+            batch = [x for source, n in enumerate(share) for x in draw(source, n)]
             ids, attn = pad_right([c + r for c, r in batch], tok.pad_token_id, policy.device)
             target = torch.zeros_like(ids, dtype=torch.float32)
             for i, (c, r) in enumerate(batch):
