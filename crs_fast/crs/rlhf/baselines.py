@@ -94,15 +94,22 @@ def _top(score: torch.Tensor, k: int) -> list[int]:
     return order[:k].tolist()
 
 
+def sample_key(sample) -> str:
+    """What a baseline's ranking depends on: the prompt and the items the context mentions (two
+    synthetic users may open with the same words about different liked items)."""
+    return sample.prompt + "\x00" + "\x1f".join(sample.mentioned)
+
+
 def baseline_lists(
     baselines: Baselines, name: str, samples: Sequence, k: int, render_text=None
 ) -> dict[str, list[int]]:
-    """Baseline ``name``'s top ``k`` for each distinct prompt of ``samples`` (objects with ``prompt``
-    and ``mentioned``): the shape of the policies' top lists, so the same ranking code scores both.
-    ``render_text`` turns a prompt into what the sentence encoder reads (item tokens as titles)."""
+    """Baseline ``name``'s top ``k`` for each distinct :func:`sample_key` of ``samples`` (objects with
+    ``prompt`` and ``mentioned``). ``render_text`` turns a prompt into what the sentence encoder
+    reads (item tokens as titles)."""
     out: dict[str, list[int]] = {}
     for s in samples:
-        if s.prompt not in out:
+        key = sample_key(s)
+        if key not in out:
             text = render_text(s.prompt) if render_text else s.prompt
-            out[s.prompt] = baselines.rank(name, s.mentioned, text, k)
+            out[key] = baselines.rank(name, s.mentioned, text, k)
     return out

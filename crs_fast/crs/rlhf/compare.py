@@ -4,11 +4,12 @@ baseline (and minus the best of them) that resamples whole users or dialogues.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..data.schema import Catalog, Dialogue
-from .baselines import NAMES, Baselines, baseline_lists
+from .baselines import NAMES, Baselines, baseline_lists, sample_key
 from .config import Config
 from .evaluate import KS, Sample, cluster_bootstrap_diff, ranking_metrics, ranks, real_samples
 
@@ -46,11 +47,16 @@ def evaluate_baselines(
             if name == "content" and encoder is None:
                 continue
             lists = baseline_lists(b, name, [*std_s, *ded_s], k, render_text)
-            std, _ = ranks(None, None, catalog, std_s, cfg, lists)
-            _, ded = ranks(None, None, catalog, ded_s, cfg, lists)
+            # the ranking code looks lists up by prompt: key each sample by its prompt and mentions
+            std, _ = ranks(None, None, catalog, _keyed(std_s), cfg, lists)
+            _, ded = ranks(None, None, catalog, _keyed(ded_s), cfg, lists)
             results[name][set_name] = {"standard": ranking_metrics(std), "dedup": ranking_metrics(ded)}
             all_ranks[name][set_name] = (std, ded)
     return results, all_ranks
+
+
+def _keyed(samples: Sequence[Sample]) -> list[Sample]:
+    return [dataclasses.replace(s, prompt=sample_key(s)) for s in samples]
 
 
 def hits(r: Sequence[int | None], k: int) -> list[float]:
