@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from ..data.schema import Catalog, Dialogue
+from .lm import item_token, render
 
 NAMES = ("popularity", "repeat", "cooccurrence", "content")
 
@@ -73,16 +74,12 @@ class Baselines:
         raise ValueError(f"unknown baseline {name!r}; expected one of {NAMES}")
 
     def item_vectors(self) -> torch.Tensor:
-        """[I, D] sentence embeddings of each item's title with its genres, director and stars."""
+        """[I, D] sentence embeddings of each item as R_phi sees a recommendation: its title with
+        genres, director and stars (:func:`render` with ``details``)."""
         if self.encoder is None:
             raise ValueError("the content baseline needs a sentence encoder")
         if self._item_vectors is None:
-            texts = []
-            for i in self.ids:
-                item = self.catalog.items[i]
-                a = item.attributes
-                extra = "; ".join(", ".join(a.get(k, [])[:3]) for k in ("genre", "director", "star") if a.get(k))
-                texts.append(f"{item.title} ({extra})" if extra else item.title)
+            texts = [render(item_token(i), self.catalog, details=True) for i in self.ids]
             self._item_vectors = self.encoder.encode(texts)
         return self._item_vectors
 
@@ -107,6 +104,8 @@ def baseline_lists(
     ``prompt`` and ``mentioned``). ``render_text`` turns a prompt into what the sentence encoder
     reads (item tokens as titles)."""
     out: dict[str, list[int]] = {}
+    if name == "content":  # one batched encoding of every context (the encoder caches each text)
+        baselines.encoder.encode([render_text(s.prompt) if render_text else s.prompt for s in samples])
     for s in samples:
         key = sample_key(s)
         if key not in out:

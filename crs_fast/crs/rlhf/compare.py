@@ -4,7 +4,6 @@ baseline (and minus the best of them) that resamples whole users or dialogues.""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,16 +46,11 @@ def evaluate_baselines(
             if name == "content" and encoder is None:
                 continue
             lists = baseline_lists(b, name, [*std_s, *ded_s], k, render_text)
-            # the ranking code looks lists up by prompt: key each sample by its prompt and mentions
-            std, _ = ranks(None, None, catalog, _keyed(std_s), cfg, lists)
-            _, ded = ranks(None, None, catalog, _keyed(ded_s), cfg, lists)
+            std, _ = ranks(None, None, catalog, std_s, cfg, lists, key=sample_key)
+            _, ded = ranks(None, None, catalog, ded_s, cfg, lists, key=sample_key)
             results[name][set_name] = {"standard": ranking_metrics(std), "dedup": ranking_metrics(ded)}
             all_ranks[name][set_name] = (std, ded)
     return results, all_ranks
-
-
-def _keyed(samples: Sequence[Sample]) -> list[Sample]:
-    return [dataclasses.replace(s, prompt=sample_key(s)) for s in samples]
 
 
 def hits(r: Sequence[int | None], k: int) -> list[float]:

@@ -118,8 +118,8 @@ def _opendialkg_files(cfg: Config) -> tuple | None:
     valid = _first(load_opendialkg(files["valid"], catalog, on_error="skip"), cfg.redial_eval_max)
     test = _first(load_opendialkg(files["test"], catalog, on_error="skip"), cfg.redial_eval_max)
     counts = Counter(i for d in train for t in d.turns for i in t.items)
-    pool = [i for i, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[: cfg.user_pool]] or None
-    return catalog, (pool if cfg.user_pool > 0 else None), train, valid, test
+    pool = sorted(counts, key=lambda i: (-counts[i], i))[: cfg.user_pool] if cfg.user_pool > 0 else None
+    return catalog, pool or None, train, valid, test
 
 
 def _first(dialogues: list[Dialogue], n: int) -> list[Dialogue]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,11 +115,13 @@ def ranks(
     samples: Sequence[Sample],
     cfg: Config,
     lists: dict[str, list[int]] | None = None,
+    key: Callable[[Sample], str] = lambda s: s.prompt,
 ) -> tuple[list[int | None], list[int | None]]:
     """0-based rank of each sample's target within the policy's top 50 (None beyond): standard,
     and with the items already mentioned excluded from the ranking ("dedup"). One forward per
     distinct context (``lists`` from :func:`top_lists` may be passed in): the dedup ranking
-    skips mentioned items in a longer list."""
+    skips mentioned items in a longer list. ``key``: how a sample finds its list in ``lists`` (a
+    baseline's list also depends on the context's mentions)."""
     index = {i: n for n, i in enumerate(catalog.ids())}
     extra = max((len(s.mentioned) for s in samples), default=0)
     if lists is None:
@@ -127,7 +129,7 @@ def ranks(
     std: list[int | None] = []
     dedup: list[int | None] = []
     for s in samples:
-        row, t = lists[s.prompt], index[s.target]
+        row, t = lists[key(s)], index[s.target]
         std.append(row.index(t) if t in row[: max(KS)] else None)
         banned = {index[x] for x in s.mentioned if x in index}
         kept = [x for x in row if x not in banned][: max(KS)]

@@ -249,6 +249,8 @@ def run_eval(
     rm = load_reward_model(out, encoder.dim)
     data = data or prepare_data(cfg, out / "data")
     if test_file is not None:
+        if not test_file:
+            raise DataError(f"{redial_test}: no dialogues to evaluate on")
         if not data.real or data.dataset != "redial":
             raise DataError(f"{redial_test}: needs the ReDial catalog (dataset redial, real_data on, data present)")
         data.real_test = list(test_file)

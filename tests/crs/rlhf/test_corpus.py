@@ -56,6 +56,10 @@ def test_redial_test_file_errors(trained, tmp_path, capsys):
     bad.write_text('{"conversationId": "1", "messages": "not a list"}\n')
     with pytest.raises(DataError, match="bad.jsonl"):
         ST.run_eval(cfg, out, redial_test=bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no dialogues"):
+        ST.run_eval(cfg, out, redial_test=empty)
     good = tmp_path / "good.jsonl"
     good.write_text((out / "data" / "synthetic_dialogues.jsonl").read_text().splitlines()[0] + "\n")
     with pytest.raises(DataError, match="needs the ReDial catalog"):
