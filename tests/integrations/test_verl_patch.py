@@ -137,7 +137,16 @@ def test_policy_loss(patched, agg, info, gen):
     cfg = _Cfg(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0, global_batch_info=info)
     new = core.compute_policy_loss_vanilla(old, lp, adv, m, agg, cfg)
     old_out = ORIG["compute_policy_loss_vanilla"](old, lp, adv, m, agg, cfg)
-    torch.testing.assert_close(new[0], old_out[0], rtol=1e-5, atol=1e-6)
+    # The loss is a masked sum of ~B*T terms that can cancel to far below their size, so a tolerance
+    # relative to the result is below fp32 summation error there: both sides are held to fp64 truth
+    # within a bound proportional to the aggregated |terms| (verl's own loss on |advantages|).
+    f64 = ORIG["compute_policy_loss_vanilla"]
+    truth = f64(old.double(), lp.double(), adv.double(), m.double(), agg, cfg)[0]
+    size = f64(old.double(), lp.double(), adv.double().abs(), m.double(), agg, cfg)[0].abs()
+    bound = 1e-6 + 1e-5 * truth.abs() + 64 * torch.finfo(torch.float32).eps * size
+    for side, value in (("crs_fast", new[0]), ("verl", old_out[0])):
+        assert (value.double() - truth).abs() <= bound, f"{side} {value.item()} vs fp64 {truth.item()} > {bound.item()}"
+    assert (new[0].double() - old_out[0].double()).abs() <= 2 * bound
     for key, value in old_out[1].items():
         assert new[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     g_new = grad_of(lambda a: core.compute_policy_loss_vanilla(old, a, adv, m, agg, cfg)[0], lp)[0]

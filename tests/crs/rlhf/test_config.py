@@ -28,6 +28,7 @@ def test_config_rejects_unknown_keys_and_reads_toml(tmp_path):
         ({"lam": 1.5}, ValueError, "Config.lam: expected a value in \\[0, 1\\]"),
         ({"kl_target": -6.0}, ValueError, "Config.kl_target"),
         ({"real_data": "yes"}, ValueError, "Config.real_data: expected 'auto', 'on' or 'off'"),
+        ({"dataset": "movielens"}, ValueError, "Config.dataset: expected 'redial' or 'opendialkg'"),
     ],
 )
 def test_config_checks_types_and_ranges(bad, error, message):
