@@ -114,6 +114,8 @@ _CFG_NON_NEGATIVE = [
     "redial_eval_max",
     "lora_r",
     "train_layers",
+    "collab_rank",
+    "collab_weight",
 ]
 
 
@@ -128,6 +130,8 @@ class Config:
     catalog_items: int = 600  # generated catalog size when no real catalog is used
     user_pool: int = 400  # real catalog: synthetic users' anchors and targets among its most-mentioned items; 0 all
     item_features: bool = True  # item rows of the LM head += learned embeddings of their genres, director, stars
+    collab_rank: int = 64  # rank of the co-occurrence factors in the item logits (+ a learned item bias); 0 off
+    collab_weight: float = 1.0  # scale of the co-occurrence score in the item logits
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 0  # ReDial training dialogues (train_data, then train_extra); 0: all of them
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)

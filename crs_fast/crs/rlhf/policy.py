@@ -1,7 +1,9 @@
 """The policy: a causal LM whose catalog items are added tokens, with a value head. Log-probs come
 from ``crs_fast.linear_logprobs`` on the final hidden states and the LM head (no [N, V] logits),
 the catalog ranking from ``crs_fast.topk_scores`` over the item rows of the LM head; only the
-top ``train_layers`` decoder layers train, over a frozen trunk computed once per batch."""
+top ``train_layers`` decoder layers train, over a frozen trunk computed once per batch. With
+co-occurrence factors the head gains 1 + r columns (a learned item bias and the collaborative
+score) and every hidden state the matching context features."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from ... import ops
+from .collab import cooccurrence_factors
 from .config import Config
 from .corpus import CRSData, corpus
 from .lm import add_item_tokens, item_attribute_index, load_lm
@@ -34,6 +37,18 @@ class Policy(nn.Module):
     ``w_i = w_i^token + sum_{a in attrs(i)} weight_a e_a`` with every ``e_a`` starting at zero, so the
     model starts exactly as built (rows = title means) and what it learns about one comedy
     carries to every comedy, where independent rows would each need their own samples.
+
+    ``collab = (P, Q)`` (each [I, r], from :func:`~crs_fast.crs.rlhf.collab.cooccurrence_factors`)
+    adds the training dialogues' co-occurrence and a per-item prior to every item's logit: the
+    next-token logit of item ``i`` after position ``t`` becomes
+
+        h_t . w_i + b_i + collab_weight * (sum_{c in S_t} P_c) . Q_i
+
+    with ``S_t`` the distinct items among the tokens up to ``t`` and ``b`` a learned bias
+    (starting at zero; :attr:`item_bias`). It is computed as one linear head over augmented
+    states, ``[h_t, 1, sum P_c] . [w_i, b_i, collab_weight Q_i]`` (text tokens have zeros in the
+    new columns), so ``linear_logprobs``, ``topk_scores`` and generation score it exactly. ``P`` and
+    ``Q`` are fixed (fitting them to the same dialogues they were counted on only memorises).
     """
 
     def __init__(
@@ -42,6 +57,8 @@ class Policy(nn.Module):
         item_ids: torch.Tensor,
         train_layers: int = 0,
         item_attrs: list[list[tuple[int, float]]] | None = None,
+        collab: tuple[torch.Tensor, torch.Tensor] | None = None,
+        collab_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -78,6 +95,16 @@ class Policy(nn.Module):
             self.register_buffer("attr_values", flat, persistent=False)
             self.register_buffer("attr_weights", weights, persistent=False)
             self.register_buffer("attr_offsets", offsets.to(torch.int64), persistent=False)
+        self.item_bias: nn.Parameter | None = None
+        if collab is not None:
+            p, q = collab
+            if p.ndim != 2 or p.shape != q.shape or p.shape[0] != len(item_ids):
+                raise ValueError(
+                    f"collab factors must both be [{len(item_ids)}, r]; got {tuple(p.shape)} and {tuple(q.shape)}"
+                )
+            self.register_buffer("collab_p", p.detach().float().clone())
+            self.register_buffer("collab_q", (collab_weight * q.detach()).float().clone())
+            self.item_bias = nn.Parameter(torch.zeros(len(item_ids)))
 
     @property
     def device(self) -> torch.device:
@@ -98,18 +125,59 @@ class Policy(nn.Module):
         """The learned attribute part of the item rows [I, H] (only with item features)."""
         return self.item_attr(self.attr_values, self.attr_offsets, per_sample_weights=self.attr_weights)
 
+    def _item_extra(self) -> torch.Tensor:
+        """The items' extra head columns [I, 1 + r]: bias, then ``collab_weight * Q``."""
+        return torch.cat([self.item_bias[:, None], self.collab_q], 1)
+
     def head(self) -> torch.Tensor:
-        """The LM head's weight [V, H], with the items' attribute part added to their rows when the
-        policy has one."""
+        """The LM head's weight [V, H (+ 1 + r)]: the items' attribute part added to their rows
+        when the policy has one, the bias and co-occurrence columns (zero for text tokens) when
+        it has co-occurrence factors."""
         w = self._token_head()
-        if self.item_attr is None:
+        if self.item_attr is not None:
+            w = w.index_add(0, self.item_ids, self._item_content().to(w.dtype))
+        if self.item_bias is None:
             return w
-        return w.index_add(0, self.item_ids, self._item_content().to(w.dtype))
+        extra = w.new_zeros(w.shape[0], self.item_bias_dims())
+        return torch.cat([w, extra.index_copy(0, self.item_ids, self._item_extra().to(w.dtype))], 1)
+
+    def item_bias_dims(self) -> int:
+        """How many columns the co-occurrence part adds to the head (0 without it)."""
+        return 0 if self.item_bias is None else 1 + self.collab_p.shape[1]
 
     def item_rows(self) -> torch.Tensor:
-        """The item rows of :meth:`head` [I, H], without building the whole head."""
+        """The item rows of :meth:`head` [I, H (+ 1 + r)], without building the whole head."""
         rows = self._token_head()[self.item_ids]
-        return rows if self.item_attr is None else rows + self._item_content().to(rows.dtype)
+        if self.item_attr is not None:
+            rows = rows + self._item_content().to(rows.dtype)
+        return rows if self.item_bias is None else torch.cat([rows, self._item_extra().to(rows.dtype)], 1)
+
+    def context_features(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The states' extra features [B, T, 1 + r] (None without co-occurrence factors): at
+        position ``t``, 1 and the sum of ``P`` over the distinct items among ``input_ids[:, :t+1]``
+        (padding is not an item, so either side of padding works)."""
+        if self.item_bias is None:
+            return None
+        B, T = input_ids.shape
+        n_items, r = self.collab_p.shape
+        idx = self.item_index[input_ids]
+        key = torch.where(idx >= 0, idx + n_items * torch.arange(B, device=idx.device)[:, None], -1).flatten()
+        pos = (key >= 0).nonzero().squeeze(1)
+        order = torch.sort(key[pos], stable=True).indices  # equal keys keep their positions' order
+        sorted_keys = key[pos][order]
+        first = torch.ones_like(sorted_keys, dtype=torch.bool)
+        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        at = pos[order[first]]  # each distinct item's first position in its row
+        rows = torch.zeros(B * T, r, dtype=self.collab_p.dtype, device=idx.device)
+        rows[at] = self.collab_p[key[at] % n_items]
+        ones = torch.ones(B, T, 1, dtype=rows.dtype, device=idx.device)
+        return torch.cat([ones, rows.view(B, T, r).cumsum(1)], -1)
+
+    def with_features(self, h: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, T, H] as the head scores them: with :meth:`context_features` of
+        ``input_ids`` [B, T] appended when the policy has co-occurrence factors."""
+        extra = self.context_features(input_ids)
+        return h if extra is None else torch.cat([h, extra.to(h.dtype)], -1)
 
     def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
         """The frozen trunk's output and the decoder-layer arguments (mask, rotary embeddings), or
@@ -190,6 +258,7 @@ class Policy(nn.Module):
         [n, I] is True excluded (-inf)."""
         h = self.top(input_ids, attention_mask, state)[:, :-1]
         values = self.value_head(h).squeeze(-1)
+        h = self.with_features(h, input_ids[:, :-1])
         labels = input_ids[:, 1:]
         if select is None:
             lp, ent = ops.linear_logprobs(h, self.head(), labels, temperature=temperature, entropy=True)
@@ -206,9 +275,10 @@ class Policy(nn.Module):
         return lp, ent, values, torch.log_softmax(logits, dim=-1)
 
     def next_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
-        """The final hidden state after each row's last real token (rows right-padded) [B, H]: what
-        the LM head scores the next token from."""
-        h = self.hidden(input_ids, attention_mask, state)
+        """The final hidden state after each row's last real token (rows right-padded) [B, H (+ 1 +
+        r)], with the context features when the policy has them: what the LM head scores the next
+        token from."""
+        h = self.with_features(self.hidden(input_ids, attention_mask, state), input_ids)
         return h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
 
     @torch.no_grad()
@@ -241,14 +311,24 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         )
     torch.manual_seed(cfg.seed)
     attrs = item_attribute_index(data.catalog) if cfg.item_features else None
-    return Policy(lm, item_ids, train_layers=0 if cfg.lora_r > 0 else cfg.train_layers, item_attrs=attrs), tok
+    collab = cooccurrence_factors(data.train, data.catalog, cfg.collab_rank, cfg.seed) if cfg.collab_rank else None
+    policy = Policy(
+        lm,
+        item_ids,
+        train_layers=0 if cfg.lora_r > 0 else cfg.train_layers,
+        item_attrs=attrs,
+        collab=collab,
+        collab_weight=cfg.collab_weight,
+    )
+    return policy, tok
 
 
 def param_groups(policy: Policy, lr: float, item_lr: float) -> list[dict[str, Any]]:
-    """AdamW groups: the item attribute embeddings (new, starting at zero) at ``item_lr``,
-    every other trainable parameter at ``lr``."""
-    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith("item_attr.")]
-    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("item_attr.")]
+    """AdamW groups: the item attribute embeddings and the item bias (new, starting at zero) at
+    ``item_lr``, every other trainable parameter at ``lr``."""
+    new = ("item_attr.", "item_bias")
+    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith(new)]
+    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith(new)]
     return [g for g in ({"params": rest, "lr": lr}, {"params": item, "lr": item_lr}) if g["params"]]
 
 

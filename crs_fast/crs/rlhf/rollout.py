@@ -140,10 +140,16 @@ def rollout(
     return eps
 
 
-def _step(backbone, head, **kwargs):
+def _step(backbone, head, features, **kwargs):
+    """One decoder step: (cache, next-token logits after the last position); ``features`` [B, T,
+    1 + r] (the policy's context features of the whole sequence so far, or None) are appended
+    to the last hidden state, as the head expects."""
     out = backbone(**kwargs, use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return cache, out.last_hidden_state[:, -1] @ head.T
+    h = out.last_hidden_state[:, -1]
+    if features is not None:
+        h = torch.cat([h, features[:, -1].to(h.dtype)], -1)
+    return cache, h @ head.T
 
 
 def _greedy_first(logits: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
@@ -183,7 +189,9 @@ def _generate(
     ban = torch.zeros(ids.shape[0], head.shape[0], dtype=torch.bool, device=dev) if ban is None else ban.clone()
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    past, logits = _step(backbone, head, input_ids=ids, attention_mask=attn, position_ids=pos)
+    past, logits = _step(
+        backbone, head, policy.context_features(ids), input_ids=ids, attention_mask=attn, position_ids=pos
+    )
     toks = []
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
     for step in range(n):
@@ -205,7 +213,14 @@ def _generate(
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
         pos = pos[:, -1:] + 1
+        ids = torch.cat([ids, nxt[:, None]], 1)
         past, logits = _step(
-            backbone, head, input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, **{cache_kw: past}
+            backbone,
+            head,
+            policy.context_features(ids),
+            input_ids=nxt[:, None],
+            attention_mask=attn,
+            position_ids=pos,
+            **{cache_kw: past},
         )
     return torch.stack(toks, 1)

@@ -21,14 +21,16 @@ def data(tmp_path_factory):
     return CO.prepare_data(cfg, tmp_path_factory.mktemp("data"))
 
 
-def test_lora_trains_only_the_adapters_value_head_and_item_attributes(data):
+def test_lora_trains_only_the_adapters_value_head_and_item_parts(data):
     pytest.importorskip("peft")
     cfg = CF.Config.quick(real_data="off", lora_r=4, sft_steps=3, sft_epochs=1, sft_batch=4)
     policy, tok = PO.build_policy(cfg, data)
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable, "nothing to train"
     for name in trainable:
-        assert ".lora_A." in name or ".lora_B." in name or name.startswith(("value_head.", "item_attr.")), name
+        assert (
+            ".lora_A." in name or ".lora_B." in name or name.startswith(("value_head.", "item_attr.", "item_bias"))
+        ), name
     assert any(".lora_B." in n for n in trainable)
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     lora_b = {n: p.detach().clone() for n, p in policy.named_parameters() if ".lora_B." in n}
@@ -78,4 +80,4 @@ def test_lora_runs_the_whole_pipeline(tmp_path):
     assert sft.keys() == ppo.keys()
     moved = {k for k in sft if not torch.equal(sft[k], ppo[k])}
     assert moved and any(".lora_" in k for k in moved)
-    assert all(".lora_" in k or k.startswith(("value_head.", "item_attr.")) for k in moved), sorted(moved)
+    assert all(".lora_" in k or k.startswith(("value_head.", "item_attr.", "item_bias")) for k in moved), sorted(moved)
