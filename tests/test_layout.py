@@ -25,7 +25,7 @@ FAMILIES = {
 # crs_fast.crs.rlhf's layers, top to bottom: a module imports only from earlier layers.
 RLHF_LAYERS = [
     {"config", "lm", "encoder"},
-    {"corpus", "baselines"},
+    {"corpus", "baselines", "collab"},
     {"policy", "reward"},
     {"sft", "rollout"},
     {"online_rm", "ppo", "evaluate"},

@@ -60,8 +60,10 @@ def setup():
     gen = torch.Generator().manual_seed(7)
     p, q = torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen)
     policy = PO.Policy(lm, ids, train_layers=1, collab=(p, q), collab_weight=0.7)
+    assert not policy.item_out.any()  # the policy starts as the co-occurrence recommender
     with torch.no_grad():
         policy.item_bias.copy_(torch.randn(12, generator=gen))
+        policy.item_out.copy_(torch.randn(policy.item_out.shape, generator=gen))
     items = [LM.item_token(i) for i in catalog.ids()]
     texts = [f"User : hi {items[2]} like {items[5]} {items[2]} System : {items[7]} hi", f"User : {items[1]} System :"]
     x, attn = CO.pad_right([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id)
@@ -71,7 +73,8 @@ def setup():
 def _naive_logits(policy, p, q, x, attn):
     """Every next-token logit from the formula: h . w (+ b_i + 0.7 (sum over distinct items so far of P) . Q_i)."""
     h = policy.hidden(x, attn)
-    w = policy._token_head()
+    w = policy._token_head().clone()
+    w[policy.item_ids] = policy.item_out  # the items' own output rows
     out = torch.empty(*x.shape, w.shape[0])
     for b in range(x.shape[0]):
         seen: list[int] = []
@@ -119,8 +122,9 @@ def test_item_bias_trains_and_zero_weight_is_the_plain_policy(setup):
     policy, tok, p, q, x, attn = setup
     lp, _, _ = policy.logprobs(x, attn)
     lp.sum().backward()
-    assert policy.item_bias.grad is not None and policy.item_bias.grad.abs().sum() > 0
-    assert not policy.collab_p.requires_grad and "item_bias" in {
+    for p_ in (policy.item_bias, policy.item_out):
+        assert p_.grad is not None and p_.grad.abs().sum() > 0
+    assert not policy.collab_p.requires_grad and {"item_bias", "item_out"} <= {
         n
         for g in PO.param_groups(policy, 1e-3, 2e-3)
         if g["lr"] == 2e-3
@@ -130,6 +134,7 @@ def test_item_bias_trains_and_zero_weight_is_the_plain_policy(setup):
     plain = PO.Policy(policy.lm, policy.item_ids, train_layers=1)
     off = PO.Policy(policy.lm, policy.item_ids, train_layers=1, collab=(p, q), collab_weight=0.0)
     with torch.no_grad():
+        off.item_out.copy_(plain.item_rows())
         torch.testing.assert_close(off.logprobs(x, attn)[0], plain.logprobs(x, attn)[0], atol=1e-6, rtol=1e-6)
     assert off.head().shape[1] == plain.head().shape[1] + 4 and plain.item_bias_dims() == 0
     with pytest.raises(ValueError, match=r"collab factors must both be \[12, r\]"):

@@ -29,7 +29,9 @@ def test_lora_trains_only_the_adapters_value_head_and_item_parts(data):
     assert trainable, "nothing to train"
     for name in trainable:
         assert (
-            ".lora_A." in name or ".lora_B." in name or name.startswith(("value_head.", "item_attr.", "item_bias"))
+            ".lora_A." in name
+            or ".lora_B." in name
+            or name.startswith(("value_head.", "item_attr.", "item_bias", "item_out"))
         ), name
     assert any(".lora_B." in n for n in trainable)
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
@@ -80,4 +82,6 @@ def test_lora_runs_the_whole_pipeline(tmp_path):
     assert sft.keys() == ppo.keys()
     moved = {k for k in sft if not torch.equal(sft[k], ppo[k])}
     assert moved and any(".lora_" in k for k in moved)
-    assert all(".lora_" in k or k.startswith(("value_head.", "item_attr.", "item_bias")) for k in moved), sorted(moved)
+    assert all(".lora_" in k or k.startswith(("value_head.", "item_attr.", "item_bias", "item_out")) for k in moved), (
+        sorted(moved)
+    )
