@@ -41,6 +41,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 metavar="FILE",
                 help="evaluate on this ReDial test file (original format) instead of the data directory's",
             )
+            p.add_argument(
+                "--opendialkg-test",
+                type=pathlib.Path,
+                metavar="FILE",
+                help="evaluate on this OpenDialKG test file (processed .jsonl turns, .json sessions or .csv)",
+            )
 
 
 def _config(args: argparse.Namespace):
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"PPO policy: {out / 'ppo' / 'policy.safetensors'}")
             plots(out, kl_target=cfg.kl_target)
         elif args.command == "eval":
-            run_eval(cfg, out, redial_test=args.redial_test)
+            run_eval(cfg, out, redial_test=args.redial_test, opendialkg_test=args.opendialkg_test)
             print((out / "report.md").read_text())
         else:
             run_demo(cfg, out, quick=args.quick)

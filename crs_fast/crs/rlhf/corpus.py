@@ -14,7 +14,7 @@ import torch
 
 from ..data.opendialkg import load_opendialkg, load_opendialkg_catalog
 from ..data.redial import load_redial, load_redial_catalog, most_mentioned
-from ..data.schema import Catalog, Dialogue, Item, Turn, data_dir
+from ..data.schema import Catalog, DataError, Dialogue, Item, Turn, data_dir
 from ..data.simulator import USER_PHRASES
 from ..data.synthetic import SYSTEM_PHRASES, generate_catalog, write_synthetic_redial
 from .config import Config
@@ -120,6 +120,16 @@ def _opendialkg_files(cfg: Config) -> tuple | None:
     counts = Counter(i for d in train for t in d.turns for i in t.items)
     pool = sorted(counts, key=lambda i: (-counts[i], i))[: cfg.user_pool] if cfg.user_pool > 0 else None
     return catalog, pool or None, train, valid, test
+
+
+def test_dialogues(dataset: str, path: pathlib.Path, catalog: Catalog | None = None) -> list[Dialogue]:
+    """The dialogues of a test file in ``dataset``'s original format (ReDial ``.jsonl``; OpenDialKG
+    processed ``.jsonl`` turns, ``.json`` sessions or ``.csv``), OpenDialKG's titles linked to
+    ``catalog`` when given. A malformed or empty file raises :class:`DataError` naming it."""
+    out = list(load_redial(path) if dataset == "redial" else load_opendialkg(path, catalog))
+    if not out:
+        raise DataError(f"{path}: no dialogues to evaluate on")
+    return out
 
 
 def _first(dialogues: list[Dialogue], n: int) -> list[Dialogue]:

@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from ..data.redial import load_redial
 from ..data.schema import DataError
 from .compare import evaluate_baselines, hits, ppo_vs, sample_sets
 from .config import Config
-from .corpus import CRSData, prepare_data, prompt
+from .corpus import CRSData, prepare_data, prompt, test_dialogues
 from .evaluate import (
     KS,
     TrunkCache,
@@ -236,24 +235,30 @@ def run_eval(
     encoder=None,
     data: CRSData | None = None,
     redial_test: pathlib.Path | None = None,
+    opendialkg_test: pathlib.Path | None = None,
 ) -> dict:
     """Evaluate the base (zero-shot), SFT and PPO policies and the baselines on the same samples;
-    writes ``eval.json``, ``report.md`` and ``plots/eval.png``. ``redial_test``: a ReDial file in
-    the original format to evaluate on instead of the data directory's ``test_data.jsonl`` (the
-    official full test set, for instance)."""
+    writes ``eval.json``, ``report.md`` and ``plots/eval.png``. ``redial_test`` /
+    ``opendialkg_test``: a test file in the dataset's original format (ReDial ``.jsonl``;
+    OpenDialKG's processed ``.jsonl`` turns, ``.json`` sessions or ``opendialkg.csv``) to evaluate on
+    instead of the data directory's test set (the official full test set, for instance); the run
+    must use that dataset's catalog."""
     from .encoder import SentenceEncoder
 
+    if redial_test is not None and opendialkg_test is not None:
+        raise DataError("give one test file: --redial-test or --opendialkg-test, not both")
+    test_name, test_path = ("redial", redial_test) if redial_test is not None else ("opendialkg", opendialkg_test)
     reward_model_path(out)  # first: a missing run fails before anything is loaded or written into `out`
-    test_file = load_redial(redial_test) if redial_test is not None else None  # a bad file fails here too
+    if test_path is not None:
+        test_dialogues(test_name, test_path)  # a bad file fails here, before the models load
     encoder = encoder or SentenceEncoder()
     rm = load_reward_model(out, encoder.dim)
     data = data or prepare_data(cfg, out / "data")
-    if test_file is not None:
-        if not test_file:
-            raise DataError(f"{redial_test}: no dialogues to evaluate on")
-        if not data.real or data.dataset != "redial":
-            raise DataError(f"{redial_test}: needs the ReDial catalog (dataset redial, real_data on, data present)")
-        data.real_test = list(test_file)
+    if test_path is not None:
+        if not data.real or data.dataset != test_name:
+            label = "ReDial" if test_name == "redial" else "OpenDialKG"
+            raise DataError(f"{test_path}: needs the {label} catalog (dataset {test_name}, real_data on, data present)")
+        data.real_test = test_dialogues(test_name, test_path, data.catalog)
     scorer = Scorer(rm, encoder, data.catalog)
     ds = data.dataset  # the real dataset's name: the key of its results
     final_only = ds == "opendialkg"  # its records' targets are their last (recommending) turn

@@ -62,8 +62,30 @@ def test_redial_test_file_errors(trained, tmp_path, capsys):
         ST.run_eval(cfg, out, redial_test=empty)
     good = tmp_path / "good.jsonl"
     good.write_text((out / "data" / "synthetic_dialogues.jsonl").read_text().splitlines()[0] + "\n")
+    good_odkg = tmp_path / "good_odkg.jsonl"
+    good_odkg.write_text(
+        json.dumps(
+            {
+                "dialog_id": 1,
+                "turn_id": 1,
+                "context": ["Do you like thrillers?"],
+                "resp": "Try Heat.",
+                "rec": ["Heat"],
+                "entity": [],
+            }
+        )
+        + "\n"
+    )
+    bad_odkg = tmp_path / "bad_odkg.jsonl"
+    bad_odkg.write_text("[1, 2]\n")
     with pytest.raises(DataError, match="needs the ReDial catalog"):
         ST.run_eval(cfg, out, redial_test=good)  # the trained run uses a generated catalog
+    with pytest.raises(DataError, match="needs the OpenDialKG catalog"):
+        ST.run_eval(cfg, out, opendialkg_test=good_odkg)
+    with pytest.raises(DataError, match="bad_odkg.jsonl"):
+        ST.run_eval(cfg, out, opendialkg_test=bad_odkg)
+    with pytest.raises(DataError, match="not both"):
+        ST.run_eval(cfg, out, redial_test=good, opendialkg_test=good_odkg)
     assert not (out / "eval.json").exists()
     capsys.readouterr()  # what the calls above printed (the encoder loading)
     assert main(["eval", "--out", str(tmp_path / "no-run"), "--quick", "--redial-test", str(good)]) == 2

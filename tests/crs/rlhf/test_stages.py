@@ -124,6 +124,21 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
             assert by_set[dataset]["standard"]["n"] == result["ppo"][dataset]["standard"]["n"], name
         best = result["ppo_vs_baselines"][dataset]["dedup"]["best"]["recall@10"]
         assert best["baseline"] in result["baselines"] and best["lo"] <= best["diff"] <= best["hi"]
+        # `crs-fast eval --<dataset>-test FILE`: the run re-evaluated on another file in the original
+        # format (here the first 40 records of the data directory's test file, copied at run time)
+        source = real_data_dir() / dataset / ("test_data.jsonl" if dataset == "redial" else "test.jsonl")
+        part = tmp_path / "part.jsonl"
+        part.write_text("".join(source.read_text().splitlines(keepends=True)[:40]))
+        assert (
+            main(
+                ["eval", "--quick", "--out", str(out), "--set", f"dataset={dataset!r}", f"--{dataset}-test", str(part)]
+            )
+            == 0
+        )
+        again = json.loads((out / "eval.json").read_text())
+        n = again["ppo"][dataset]["standard"]["n"]
+        assert 0 < n < result["ppo"][dataset]["standard"]["n"]  # the file's samples, not the test set's
+        assert again["baselines"]["cooccurrence"][dataset]["standard"]["n"] == n
     assert result["ppo_vs_sft"]["recall@10"]["groups"] == 64  # the quick run's held-out users, resampled whole
     assert (out / "plots" / "ppo.png").stat().st_size > 1000
     assert (out / "plots" / "eval.png").stat().st_size > 1000
