@@ -9,7 +9,7 @@ import sys
 
 from ..data.schema import DataError
 from .config import Config
-from .report import plots
+from .report import headline, plots
 from .stages import run_demo, run_eval, run_ppo, run_sft, run_train_rm
 
 STAGES = {
@@ -64,6 +64,8 @@ def _config(args: argparse.Namespace):
         except (ValueError, SyntaxError):
             values[key] = value
     try:
+        if args.command == "demo":
+            return Config.load_each(args.config, quick=args.quick, **values)
         return Config.load(args.config, quick=args.quick, **values)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"crs-fast {args.command}: {exc}") from exc
@@ -92,8 +94,12 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "eval":
             run_eval(cfg, out, redial_test=args.redial_test, opendialkg_test=args.opendialkg_test)
             print((out / "report.md").read_text())
-        else:
-            run_demo(cfg, out, quick=args.quick)
+        elif len(cfg) == 1:
+            run_demo(cfg[0], out, quick=args.quick)
+        else:  # dataset = "both": one run per dataset under --out, then the headline table of both
+            results = {c.dataset: run_demo(c, out / c.dataset, quick=args.quick) for c in cfg}
+            (out / "headline.md").write_text(headline(results))
+            print((out / "headline.md").read_text())
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

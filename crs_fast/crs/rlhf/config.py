@@ -59,6 +59,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+DATASETS = ("redial", "opendialkg")  # the real datasets; a config file's [redial] / [opendialkg] tables
 EVAL_SEED_BASE = 10**9  # held-out synthetic users: seeds never used for training data or PPO
 
 
@@ -218,8 +219,9 @@ class Config:
                 raise ValueError(f"Config.{name}: expected a value in [0, 1], got {getattr(self, name)!r}")
         if self.kl_target is not None and not self.kl_target >= 0:
             raise ValueError(f"Config.kl_target: expected None, 0 (fixed beta) or > 0, got {self.kl_target!r}")
-        if self.dataset not in ("redial", "opendialkg"):
-            raise ValueError(f"Config.dataset: expected 'redial' or 'opendialkg', got {self.dataset!r}")
+        if self.dataset not in DATASETS:
+            hint = " ('both' runs each in turn, in `crs-fast demo` only)" if self.dataset == "both" else ""
+            raise ValueError(f"Config.dataset: expected 'redial' or 'opendialkg'{hint}, got {self.dataset!r}")
         if self.real_data not in ("auto", "on", "off"):
             raise ValueError(f"Config.real_data: expected 'auto', 'on' or 'off', got {self.real_data!r}")
 
@@ -255,7 +257,30 @@ class Config:
 
     @classmethod
     def load(cls, path: str | pathlib.Path | None = None, *, quick: bool = False, **overrides: Any) -> Config:
-        """Defaults (or :meth:`quick`), then a TOML file's keys, then ``overrides`` (None ignored)."""
+        """Defaults (or :meth:`quick`), then a TOML file's top-level keys, then its table named after
+        the run's dataset (``[redial]`` or ``[opendialkg]``: settings chosen per dataset), then
+        ``overrides`` (None ignored)."""
+        values = cls._file_values(path, overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
+        return cls.quick(**values) if quick else cls(**values)
+
+    @classmethod
+    def load_each(
+        cls, path: str | pathlib.Path | None = None, *, quick: bool = False, **overrides: Any
+    ) -> list[Config]:
+        """:meth:`load`, or with ``dataset = "both"`` one configuration per dataset (each with its
+        own table applied): what ``crs-fast demo`` runs."""
+        dataset = cls._file_values(path, overrides).get("dataset")
+        if dataset != "both":
+            return [cls.load(path, quick=quick, **overrides)]
+        return [cls.load(path, quick=quick, **{**overrides, "dataset": d}) for d in DATASETS]
+
+    @classmethod
+    def _file_values(cls, path: str | pathlib.Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The keys a TOML file and ``overrides`` set, the dataset's table merged in."""
         values: dict[str, Any] = {}
         if path is not None:
             try:
@@ -269,12 +294,15 @@ class Config:
                 raise ValueError(f"config file {path}: invalid TOML ({exc})") from None
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"config file {path}: cannot be read ({exc})") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
-        return cls.quick(**values) if quick else cls(**values)
+        tables = {k: values.pop(k) for k in list(values) if isinstance(values[k], dict)}
+        odd = sorted(set(tables) - set(DATASETS))
+        if odd:
+            raise ValueError(f"config file {path}: unknown tables {odd}; tables name a dataset: {list(DATASETS)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        dataset = given.get("dataset", values.get("dataset", "redial"))
+        values.update(tables.get(dataset, {}))
+        values.update(given)
+        return values
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON, checkpoints)."""

@@ -276,3 +276,36 @@ def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
         ax.set_title(title, fontsize=9)
         ax.margins(y=0.15)
     return _save_fig(plt, fig, path)
+
+
+def headline(results: dict[str, dict]) -> str:
+    """The headline table of a run per dataset (``{dataset: eval.json}``): Recall@1/10/50 of SFT,
+    PPO and each baseline on the test set, standard and dedup, the validation Recall@10 the
+    settings were chosen on, and PPO minus the best baseline and minus SFT with their intervals."""
+
+    def cell(m: dict) -> str:
+        return " / ".join(f"{m[f'recall@{k}']:.3f}" for k in KS)
+
+    lines = ["# Headline: Recall@1 / 10 / 50 on each dataset's test set", ""]
+    for ds, r in results.items():
+        label = SET_LABELS.get(ds, ds)
+        lines += [f"## {label}", "", "| recommender | standard | dedup | valid R@10 (std) |", "|---|---|---|---|"]
+        rows = [(name, r[name]) for name in ("sft", "ppo") if ds in r.get(name, {})]
+        rows += [(f"{name} (baseline)", b) for name, b in r.get("baselines", {}).items() if ds in b]
+        for name, m in rows:
+            valid = m.get(f"{ds}_valid", {}).get("standard", {}).get("recall@10")
+            v = "" if valid is None else f"{valid:.3f}"
+            lines.append(f"| {name} | {cell(m[ds]['standard'])} | {cell(m[ds]['dedup'])} | {v} |")
+        lines.append("")
+        for protocol in ("standard", "dedup"):
+            best = r.get("ppo_vs_baselines", {}).get(ds, {}).get(protocol, {}).get("best", {}).get("recall@10")
+            if best:
+                lines.append(
+                    f"- PPO - best baseline ({best['baseline']}), {protocol} Recall@10: {best['diff']:+.3f} "
+                    f"(95% CI {best['lo']:+.3f} .. {best['hi']:+.3f}, {best['groups']} dialogues)"
+                )
+        d = r.get(f"{ds}_ppo_vs_sft", {}).get("recall@10")
+        if d:
+            lines.append(f"- PPO - SFT, standard Recall@10: {d['diff']:+.3f} (95% CI {d['lo']:+.3f} .. {d['hi']:+.3f})")
+        lines.append("")
+    return "\n".join(lines)

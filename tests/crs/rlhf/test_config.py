@@ -52,3 +52,50 @@ def test_cli_reports_a_bad_config_value_without_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit, match="crs-fast ppo: Config.clip: expected > 0"):
         main(["ppo", "--out", str(tmp_path), "--config", str(tmp_path / "c.toml")])
     assert not (tmp_path / "sft").exists()
+
+
+def test_dataset_tables_and_both(tmp_path):
+    f = tmp_path / "full.toml"
+    f.write_text(
+        'dataset = "both"\nsft_steps = 7\n[opendialkg]\ncollab_rank = 512\nsft_steps = 9\n[redial]\nppo_iters = 3\n'
+    )
+    each = CF.Config.load_each(f)
+    assert [c.dataset for c in each] == ["redial", "opendialkg"]
+    assert (each[0].collab_rank, each[0].sft_steps, each[0].ppo_iters) == (64, 7, 3)
+    assert (each[1].collab_rank, each[1].sft_steps, each[1].ppo_iters) == (512, 9, 20)
+    one = CF.Config.load(f, dataset="opendialkg", sft_steps=2)  # flags beat the file's table
+    assert (one.collab_rank, one.sft_steps) == (512, 2)
+    assert [c.dataset for c in CF.Config.load_each(f, dataset="redial")] == ["redial"]
+    with pytest.raises(ValueError, match="'both' runs each in turn, in `crs-fast demo` only"):
+        CF.Config.load(f)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[movielens]\nsft_steps = 1\n")
+    with pytest.raises(ValueError, match=r"unknown tables \['movielens'\]"):
+        CF.Config.load(bad)
+    bad.write_text("[redial]\nsft_stepz = 1\n")
+    with pytest.raises(ValueError, match=r"unknown configuration keys \['sft_stepz'\]"):
+        CF.Config.load(bad)
+
+
+def test_headline_table_lists_every_recommender_and_the_intervals():
+    from crs_fast.crs.rlhf.report import headline
+
+    m = {
+        "standard": {"recall@1": 0.01, "recall@10": 0.2, "recall@50": 0.3},
+        "dedup": {"recall@1": 0.02, "recall@10": 0.25, "recall@50": 0.35},
+    }
+    diff = {"baseline": "cooccurrence", "diff": 0.031, "lo": 0.004, "hi": 0.058, "groups": 294}
+    r = {
+        "sft": {"opendialkg": m},
+        "ppo": {"opendialkg": m, "opendialkg_valid": {"standard": {"recall@10": 0.123}}},
+        "baselines": {"cooccurrence": {"opendialkg": m}},
+        "ppo_vs_baselines": {"opendialkg": {"dedup": {"best": {"recall@10": diff}}}},
+        "opendialkg_ppo_vs_sft": {"recall@10": {"diff": 0.01, "lo": -0.002, "hi": 0.02}},
+    }
+    text = headline({"opendialkg": r})
+    assert "## OpenDialKG test" in text and "| ppo | 0.010 / 0.200 / 0.300 | 0.020 / 0.250 / 0.350 | 0.123 |" in text
+    assert "| cooccurrence (baseline) |" in text
+    assert (
+        "PPO - best baseline (cooccurrence), dedup Recall@10: +0.031 (95% CI +0.004 .. +0.058, 294 dialogues)" in text
+    )
+    assert "PPO - SFT, standard Recall@10: +0.010 (95% CI -0.002 .. +0.020)" in text
