@@ -23,7 +23,7 @@ import torch
 from ..data.schema import Turn
 from ..data.simulator import UserSimulator
 from .config import Config
-from .corpus import pad_right, prepare_data, prompt
+from .corpus import clip_context, pad_right, prepare_data, prompt
 from .evaluate import synthetic_seed
 from .reward import Scorer
 from .run_io import load_policy, load_reward_model
@@ -76,7 +76,7 @@ def kl_optimum(
         targets.append([index[t] for t in sorted(user.targets)])
         fits.append(torch.tensor([user.fit(x) for x in ids]))
     fit = torch.stack(fits)
-    seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in prompts]
+    seqs = [clip_context(tok, tok(p, add_special_tokens=False)["input_ids"], cfg.max_context) for p in prompts]
     x, attn = pad_right(seqs, tok.pad_token_id, policy.device)
     q = policy.next_query(x, attn).float()
     base = torch.log_softmax(q @ policy.item_rows().float().T, -1).cpu()

@@ -18,7 +18,7 @@ from ..data.schema import Catalog, DataError, Dialogue, Item, Turn, data_dir
 from ..data.simulator import USER_PHRASES
 from ..data.synthetic import SYSTEM_PHRASES, generate_catalog, write_synthetic_redial
 from .config import Config
-from .lm import item_token, with_item_tokens
+from .lm import ITEM_RE, item_token, with_item_tokens
 
 
 @dataclass
@@ -190,10 +190,27 @@ def sft_pairs(dialogues: Sequence[Dialogue], catalog: Catalog) -> list[tuple[str
 
 
 def encode_pair(tok, context: str, response: str, cfg: Config) -> tuple[list[int], list[int]]:
-    """Token ids of the context (its last ``max_context``) and of the response (+ EOS)."""
-    c = tok(context, add_special_tokens=False)["input_ids"][-cfg.max_context :]
+    """Token ids of the context (:func:`clip_context` to ``max_context``) and of the response (+ EOS)."""
+    c = clip_context(tok, tok(context, add_special_tokens=False)["input_ids"], cfg.max_context)
     r = tok(response, add_special_tokens=False)["input_ids"][: cfg.max_response] + [tok.eos_token_id]
     return c, r
+
+
+def clip_context(tok, ids: Sequence[int], n: int) -> list[int]:
+    """The last ``n`` token ids, preceded by the item tokens that occur only before them (distinct,
+    in order of first mention): the text stays within ``n`` tokens while the policy's
+    co-occurrence features still see every item of the dialogue, as the baselines do."""
+    ids = list(ids)
+    if len(ids) <= n:
+        return ids
+    head, tail = ids[:-n], ids[len(ids) - n :]
+    kept = set(tail)
+    out = []
+    for i, t in zip(head, tok.convert_ids_to_tokens(head), strict=True):
+        if i not in kept and ITEM_RE.fullmatch(str(t)):
+            out.append(i)
+            kept.add(i)
+    return out + tail
 
 
 def pad_right(

@@ -17,7 +17,7 @@ from ..data.schema import Catalog, Dialogue, Turn
 from ..data.simulator import UserSimulator
 from ..data.splits import rec_samples
 from .config import Config
-from .corpus import pad_right, prompt
+from .corpus import clip_context, pad_right, prompt
 from .lm import render
 from .policy import Policy
 from .reward import Scorer
@@ -96,7 +96,7 @@ def top_lists(
     out: dict[str, list[int]] = {}
     for i in range(0, len(todo), 32):
         chunk = todo[i : i + 32]
-        seqs = [tok(p, add_special_tokens=False)["input_ids"][-cfg.max_context :] for p in chunk]
+        seqs = [clip_context(tok, tok(p, add_special_tokens=False)["input_ids"], cfg.max_context) for p in chunk]
         ids, attn = pad_right(seqs, tok.pad_token_id, policy.device)
         state = None
         if trunk is not None:

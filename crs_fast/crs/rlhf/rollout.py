@@ -14,6 +14,7 @@ import torch
 from ..data.schema import Catalog
 from ..data.simulator import UserSimulator
 from .config import Config
+from .corpus import clip_context
 from .lm import items_in, render
 from .policy import Policy
 from .reward import Scorer
@@ -78,7 +79,7 @@ def rollout(
         live = [i for i, u in enumerate(users) if not u.done]
         if not live:
             break
-        ctx = [eps[i].ids[-cfg.max_context :] for i in live]
+        ctx = [clip_context(tok, eps[i].ids, cfg.max_context) for i in live]
         L = max(len(c) for c in ctx)
         ids = torch.full((len(live), L), pad, dtype=torch.int64)
         attn = torch.zeros_like(ids)

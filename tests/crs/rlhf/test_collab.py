@@ -152,3 +152,18 @@ def test_build_policy_uses_the_training_dialogues_cooccurrence(tmp_path):
     assert policy.item_bias_dims() == 5
     off, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=0), data)
     assert off.item_bias is None
+
+
+def test_clipped_context_keeps_the_items_mentioned_before_the_window(setup):
+    policy, tok, p, q, x, attn = setup
+    ids = x[0, : int(attn[0].sum())].tolist()  # "User : hi <a> like <b> <a> System : <c> hi"
+    items = [i for i in ids if policy.item_index[i] >= 0]
+    clipped = CO.clip_context(tok, ids, 4)
+    assert clipped[-4:] == ids[-4:] and len(ids) > 4
+    early = [i for i in dict.fromkeys(ids[:-4]) if policy.item_index[i] >= 0 and i not in ids[-4:]]
+    assert early and clipped == early + ids[-4:]  # distinct, first-mention order, nothing else
+    assert set(clipped) & set(items) == set(items)  # every item of the dialogue is still seen
+    assert CO.clip_context(tok, ids, len(ids)) == ids
+    ctx = policy.context_features(torch.tensor([clipped]))[0, -1]
+    full = policy.context_features(torch.tensor([ids]))[0, -1]
+    torch.testing.assert_close(ctx, full)  # the co-occurrence features of the whole dialogue
