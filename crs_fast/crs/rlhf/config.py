@@ -142,7 +142,7 @@ class Config:
     sft_epochs: int = 3  # each distinct batch (its frozen-trunk activations cached) is seen this often
     sft_batch: int = 8
     sft_lr: float = 5e-4
-    item_lr: float = 1e-3  # the item attribute embeddings (new parameters, starting at zero)
+    item_lr: float = 1e-5  # SFT lr of the item parts: attribute embeddings, output rows, bias (new, starting at zero)
     ppo_item_lr: float = 3e-4
     rm_epochs: int = 30
     rm_lr: float = 1e-3
