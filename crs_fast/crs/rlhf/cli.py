@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             run_demo(cfg[0], out, quick=args.quick)
         else:  # dataset = "both": one run per dataset under --out, then the headline table of both
             results = {c.dataset: run_demo(c, out / c.dataset, quick=args.quick) for c in cfg}
+            out.mkdir(parents=True, exist_ok=True)
             (out / "headline.md").write_text(headline(results))
             print((out / "headline.md").read_text())
     except KeyboardInterrupt:

@@ -99,3 +99,25 @@ def test_headline_table_lists_every_recommender_and_the_intervals():
         "PPO - best baseline (cooccurrence), dedup Recall@10: +0.031 (95% CI +0.004 .. +0.058, 294 dialogues)" in text
     )
     assert "PPO - SFT, standard Recall@10: +0.010 (95% CI -0.002 .. +0.020)" in text
+
+
+def test_demo_with_both_datasets_runs_each_and_writes_the_headline(tmp_path, monkeypatch):
+    from crs_fast.cli import main
+    from crs_fast.crs.rlhf import cli as CLI
+
+    calls = []
+
+    def fake_demo(cfg, out, *, quick=False):
+        calls.append((cfg.dataset, cfg.collab_rank, out.name, quick))
+        m = {k: {"recall@1": 0.0, "recall@10": 0.1, "recall@50": 0.2} for k in ("standard", "dedup")}
+        return {"ppo": {cfg.dataset: m}}
+
+    monkeypatch.setattr(CLI, "run_demo", fake_demo)
+    f = tmp_path / "full.toml"
+    f.write_text('dataset = "both"\n[opendialkg]\ncollab_rank = 512\n')
+    assert main(["demo", "--quick", "--config", str(f), "--out", str(tmp_path / "runs")]) == 0
+    assert calls == [("redial", 64, "redial", True), ("opendialkg", 512, "opendialkg", True)]
+    text = (tmp_path / "runs" / "headline.md").read_text()
+    assert "## ReDial test" in text and "## OpenDialKG test" in text and "| ppo | 0.000 / 0.100 / 0.200 |" in text
+    with pytest.raises(SystemExit, match="'both' runs each in turn"):
+        main(["sft", "--quick", "--config", str(f), "--out", str(tmp_path / "x")])
