@@ -49,8 +49,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             )
 
 
-def _config(args: argparse.Namespace):
-
+def _config(args: argparse.Namespace, *, each: bool = False):
+    """The run's :class:`Config` from ``--config``, the flags and ``--set``; with ``each``, the
+    list :meth:`Config.load_each` gives (one per dataset for ``dataset = "both"``)."""
     flags = {"model": args.model, "seed": args.seed, "real_data": args.real_data}
     values = {k: v for k, v in flags.items() if v is not None}
     for item in args.set:
@@ -64,7 +65,7 @@ def _config(args: argparse.Namespace):
         except (ValueError, SyntaxError):
             values[key] = value
     try:
-        if args.command == "demo":
+        if each:
             return Config.load_each(args.config, quick=args.quick, **values)
         return Config.load(args.config, quick=args.quick, **values)
     except (ValueError, TypeError) as exc:
@@ -74,7 +75,7 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run one pipeline command; Ctrl-C during PPO leaves a checkpoint and exits with 130."""
 
-    cfg = _config(args)
+    cfg = _config(args, each=args.command == "demo")
     out = args.out
     try:  # the stages have progress bars of their own; transformers' would print at every model load
         from transformers.utils import logging as hf_logging
