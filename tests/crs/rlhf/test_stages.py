@@ -129,12 +129,8 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
         source = real_data_dir() / dataset / ("test_data.jsonl" if dataset == "redial" else "test.jsonl")
         part = tmp_path / "part.jsonl"
         part.write_text("".join(source.read_text().splitlines(keepends=True)[:40]))
-        assert (
-            main(
-                ["eval", "--quick", "--out", str(out), "--set", f"dataset={dataset!r}", f"--{dataset}-test", str(part)]
-            )
-            == 0
-        )
+        args = ["eval", "--quick", "--out", str(out), "--set", f"dataset={dataset!r}", "--set", "eval_users=8"]
+        assert main([*args, f"--{dataset}-test", str(part)]) == 0  # 8 synthetic users: the file is what is tested
         again = json.loads((out / "eval.json").read_text())
         n = again["ppo"][dataset]["standard"]["n"]
         assert 0 < n < result["ppo"][dataset]["standard"]["n"]  # the file's samples, not the test set's
