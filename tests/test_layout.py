@@ -24,8 +24,8 @@ FAMILIES = {
 
 # crs_fast.crs.rlhf's layers, top to bottom: a module imports only from earlier layers.
 RLHF_LAYERS = [
-    {"config", "lm", "encoder"},
-    {"corpus", "baselines", "collab"},
+    {"config", "lm", "encoder", "collab"},
+    {"corpus", "baselines"},
     {"policy", "reward"},
     {"sft", "rollout"},
     {"online_rm", "ppo", "evaluate"},

@@ -17,13 +17,12 @@ A ranking is a list of catalog indices (positions in ``catalog.ids()``), best fi
 
 from __future__ import annotations
 
-import math
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
 
 from ..data.schema import Catalog, Dialogue
+from .collab import cooccurrence_counts
 from .lm import item_token, render
 
 NAMES = ("popularity", "repeat", "cooccurrence", "content")
@@ -38,18 +37,9 @@ class Baselines:
         self.ids = list(catalog.ids())
         self.index = {i: n for n, i in enumerate(self.ids)}
         self.encoder = encoder
-        counts: Counter[int] = Counter()
-        pairs: dict[int, Counter[int]] = defaultdict(Counter)
-        for d in train:
-            items = sorted({self.index[i] for t in d.turns for i in t.items if i in self.index})
-            counts.update(items)
-            for a in items:
-                for b in items:
-                    if a != b:
-                        pairs[a][b] += 1
-        self.counts = counts
-        self.pairs = pairs
-        pop = torch.tensor([float(counts.get(n, 0)) for n in range(len(self.ids))])
+        n, pop = cooccurrence_counts(train, catalog)  # the counts the policy's factors come from
+        self._log_n = torch.sparse_coo_tensor(n.indices(), torch.log1p(n.values()), n.shape).coalesce()
+        counts = {i: int(c) for i, c in enumerate(pop.tolist()) if c}
         # popularity as a tie-breaker smaller than any co-occurrence step
         self._pop_tiebreak = pop / (pop.max().clamp(min=1.0) * 1e3)
         self._popularity = sorted(range(len(self.ids)), key=lambda n: (-counts.get(n, 0), n))
@@ -64,11 +54,11 @@ class Baselines:
             seen = [self.index[i] for i in reversed(mentioned) if i in self.index]
             return list(dict.fromkeys(seen))[:k]
         if name == "cooccurrence":
-            score = self._pop_tiebreak.clone()
-            for c in {self.index[i] for i in mentioned if i in self.index}:
-                for b, n in self.pairs.get(c, {}).items():
-                    score[b] += math.log1p(n)
-            return _top(score, k)
+            context = sorted({self.index[i] for i in mentioned if i in self.index})
+            if not context:
+                return _top(self._pop_tiebreak, k)
+            rows = self._log_n.index_select(0, torch.tensor(context)).to_dense()
+            return _top(self._pop_tiebreak + rows.sum(0), k)
         if name == "content":
             return _top(self.item_vectors() @ self.encoder.encode([context])[0], k)
         raise ValueError(f"unknown baseline {name!r}; expected one of {NAMES}")
