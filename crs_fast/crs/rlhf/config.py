@@ -117,6 +117,8 @@ _CFG_NON_NEGATIVE = [
     "train_layers",
     "collab_rank",
     "collab_weight",
+    "mention_bonus",
+    "item_prior",
 ]
 
 
@@ -133,6 +135,8 @@ class Config:
     item_features: bool = True  # item rows of the LM head += learned embeddings of their genres, director, stars
     collab_rank: int = 64  # rank of the co-occurrence factors in the item logits (+ a learned item bias); 0 off
     collab_weight: float = 1.0  # scale of the co-occurrence score in the item logits
+    item_prior: float = 0.1  # the item bias starts at item_prior * log(1 + training mentions) (with collab_rank)
+    mention_bonus: float = 3.0  # logit bonus (learned from this value) of items already mentioned; 0 off
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 0  # ReDial training dialogues (train_data, then train_extra); 0: all of them
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)

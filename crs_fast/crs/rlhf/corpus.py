@@ -18,7 +18,7 @@ from ..data.schema import Catalog, DataError, Dialogue, Item, Turn, data_dir
 from ..data.simulator import USER_PHRASES
 from ..data.synthetic import SYSTEM_PHRASES, generate_catalog, write_synthetic_redial
 from .config import Config
-from .lm import ITEM_RE, item_token, with_item_tokens
+from .lm import ITEM_RE, item_token, items_in, with_item_tokens
 
 
 @dataclass
@@ -149,9 +149,15 @@ def _redial_train(train_file: pathlib.Path) -> list[Dialogue]:
     return out
 
 
-def turn_text(turn: Turn, catalog: Catalog) -> str:
-    """A turn's text on one line, ``@ID`` mentions as item tokens."""
-    return with_item_tokens(" ".join(turn.text.split()), catalog)
+def turn_text(turn: Turn, catalog: Catalog, lead: str | None = None) -> str:
+    """A turn's text on one line, ``@ID`` mentions as item tokens, then the tokens of the turn's
+    catalog items its text does not mark (OpenDialKG names items by title: the items linked to a
+    turn are what the policy's co-occurrence features and mention bonus read), except ``lead``
+    (the item a response already opens with)."""
+    text = with_item_tokens(" ".join(turn.text.split()), catalog)
+    shown = set(items_in(text))
+    extra = [item_token(i) for i in dict.fromkeys(turn.items) if i in catalog and i not in shown and i != lead]
+    return " ".join([text, *extra]) if extra else text
 
 
 def prompt(turns: Sequence[Turn], catalog: Catalog) -> str:
@@ -174,8 +180,8 @@ def response_text(turn: Turn, catalog: Catalog) -> str:
     """A system turn as the policy writes it: its first recommended item's token first (so the
     next-token distribution after "System:" is the policy's ranking of the catalog, and PPO
     shapes that choice directly), then the turn's text with mentions as item tokens."""
-    text = turn_text(turn, catalog)
     first = next((i for i in turn.items if i in catalog), None)
+    text = turn_text(turn, catalog, lead=first)
     return f" {item_token(first)} {text}" if first else f" {text}"
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ... import ops
-from .collab import cooccurrence_factors
+from .collab import cooccurrence_counts, cooccurrence_factors
 from .config import Config
 from .corpus import CRSData, corpus
 from .lm import add_item_tokens, item_attribute_index, load_lm
@@ -45,7 +45,9 @@ class Policy(nn.Module):
         h_t . w_i + b_i + collab_weight * (sum_{c in S_t} P_c) . Q_i
 
     with ``S_t`` the distinct items among the tokens up to ``t`` and ``b`` a learned bias
-    (starting at zero; :attr:`item_bias`). It is computed as one linear head over augmented
+    (:attr:`item_bias`, starting at ``item_prior``, zero if None; :func:`build_policy` starts it at
+    ``cfg.item_prior * log(1 + training mentions)``: without it the items of a context that names
+    none tie at zero). It is computed as one linear head over augmented
     states, ``[h_t, 1, sum P_c] . [w_i, b_i, collab_weight Q_i]`` (text tokens have zeros in the
     new columns), so ``linear_logprobs``, ``topk_scores`` and generation score it exactly. ``P`` and
     ``Q`` are fixed (fitting them to the same dialogues they were counted on only memorises).
@@ -54,6 +56,17 @@ class Policy(nn.Module):
     recommender and SFT and PPO learn what the text adds: the title-mean rows ranked ReDial's
     validation targets no better than chance before and after SFT (Recall@10 0.000 and 0.010) and
     drowned the co-occurrence score in their spread.
+
+    ``mention_bonus = beta`` (not None) adds a learned scalar :attr:`item_repeat` (starting at
+    ``beta``) to the logit of every item already mentioned, ``+ beta * [i in S_t]``: recommenders
+    re-mention items (ReDial's system turns name an item of the context in about a fifth of its
+    recommendation samples), which no low-rank term can express. It is applied exactly on top
+    of the fused head: with ``p_i`` the probabilities without it and ``s = sum_{i in S_t} p_i``,
+    ``log Z' = log Z + log(1 + s (e^beta - 1))``, so the log-probabilities and the entropy of the
+    corrected distribution follow from ``linear_logprobs``' outputs and the logits of the
+    mentioned items alone (:meth:`_mention_correct`); rankings merge the mentioned items' scores
+    into ``topk_scores``' list of the others. Decoding with ``no_repeat_items`` bans those items,
+    so it changes the ranking and the log-probabilities of re-mentions, not what rollouts say.
     """
 
     def __init__(
@@ -64,6 +77,8 @@ class Policy(nn.Module):
         item_attrs: list[list[tuple[int, float]]] | None = None,
         collab: tuple[torch.Tensor, torch.Tensor] | None = None,
         collab_weight: float = 1.0,
+        mention_bonus: float | None = None,
+        item_prior: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -109,8 +124,16 @@ class Policy(nn.Module):
                 )
             self.register_buffer("collab_p", p.detach().float().clone())
             self.register_buffer("collab_q", (collab_weight * q.detach()).float().clone())
-            self.item_bias = nn.Parameter(torch.zeros(len(item_ids)))
+            if item_prior is not None and tuple(item_prior.shape) != (len(item_ids),):
+                raise ValueError(f"item_prior must be [{len(item_ids)}], got {tuple(item_prior.shape)}")
+            prior = torch.zeros(len(item_ids)) if item_prior is None else item_prior.detach().float().clone()
+            self.item_bias = nn.Parameter(prior)
             self.item_out = nn.Parameter(torch.zeros(len(item_ids), hidden))
+        self.item_repeat: nn.Parameter | None = None
+        if mention_bonus is not None:
+            if not torch.isfinite(torch.tensor(float(mention_bonus))):
+                raise ValueError(f"mention_bonus must be finite, got {mention_bonus}")
+            self.item_repeat = nn.Parameter(torch.tensor(float(mention_bonus)))
 
     @property
     def device(self) -> torch.device:
@@ -167,7 +190,17 @@ class Policy(nn.Module):
         if self.item_bias is None:
             return None
         B, T = input_ids.shape
-        n_items, r = self.collab_p.shape
+        at, item = self._first_mentions(input_ids)
+        rows = torch.zeros(B * T, self.collab_p.shape[1], dtype=self.collab_p.dtype, device=input_ids.device)
+        rows[at] = self.collab_p[item]
+        ones = torch.ones(B, T, 1, dtype=rows.dtype, device=input_ids.device)
+        return torch.cat([ones, rows.view(B, T, -1).cumsum(1)], -1)
+
+    def _first_mentions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat positions ``b * T + t`` ascending, catalog indices): each distinct item of each
+        row of ``input_ids`` [B, T] at its first mention."""
+        B, T = input_ids.shape
+        n_items = len(self.item_ids)
         idx = self.item_index[input_ids]
         key = torch.where(idx >= 0, idx + n_items * torch.arange(B, device=idx.device)[:, None], -1).flatten()
         pos = (key >= 0).nonzero().squeeze(1)
@@ -175,11 +208,71 @@ class Policy(nn.Module):
         sorted_keys = key[pos][order]
         first = torch.ones_like(sorted_keys, dtype=torch.bool)
         first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        at = pos[order[first]]  # each distinct item's first position in its row
-        rows = torch.zeros(B * T, r, dtype=self.collab_p.dtype, device=idx.device)
-        rows[at] = self.collab_p[key[at] % n_items]
-        ones = torch.ones(B, T, 1, dtype=rows.dtype, device=idx.device)
-        return torch.cat([ones, rows.view(B, T, r).cumsum(1)], -1)
+        at = pos[order[first]].sort().values
+        return at, key[at] % n_items
+
+    def mentioned_items(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items, first), each [B, M]: the catalog indices of each row's distinct items in
+        first-mention order (-1 after the row's last) and the position of their first mention
+        (``T`` for padding), so item ``items[b, m]`` is in ``S_t`` iff ``first[b, m] <= t``."""
+        B, T = input_ids.shape
+        at, item = self._first_mentions(input_ids)
+        b, t = at // T, at % T
+        counts = torch.bincount(b, minlength=B)
+        m = int(counts.max()) if len(b) else 0
+        slot = torch.arange(len(b), device=b.device) - (counts.cumsum(0) - counts)[b]
+        items = torch.full((B, m), -1, dtype=torch.int64, device=b.device)
+        first = torch.full((B, m), T, dtype=torch.int64, device=b.device)
+        items[b, slot], first[b, slot] = item, t
+        return items, first
+
+    def _mention_correct(
+        self,
+        h: torch.Tensor,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        lp: torch.Tensor,
+        ent: torch.Tensor,
+        temperature: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``linear_logprobs``' (lp, entropy) [B, T] of the head without the mention bonus turned
+        into those with it: logits ``z' = (z + beta [i in S_t]) / tau``, ``S_t`` the items among
+        ``input_ids[:, :t+1]``, ``h`` [B, T, H'] the states the head scored. With ``u_i = log
+        p_i`` (the mentioned items' log-probabilities without the bonus), ``s = sum p_i`` and
+        ``delta = log(1 + s expm1(beta))``: ``lp' = lp + beta [y in S_t] - delta`` and
+        ``H' = delta + e^-delta (H - sum p_i (u_i expm1(beta) + beta e^beta))``."""
+        items, first = self.mentioned_items(input_ids)
+        if items.shape[1] == 0:
+            return lp, ent
+        beta = self.item_repeat.float() / temperature
+        t = torch.arange(input_ids.shape[1], device=h.device)
+        in_s = first[:, None, :] <= t[None, :, None]  # [B, T, M]
+        hf = h.float()
+        head = self.head()
+        z_y = (hf * head[labels].float()).sum(-1) / temperature
+        log_z = z_y - lp.float()
+        rows = self.item_rows().float()[items.clamp(min=0)]  # [B, M, H']
+        u = torch.einsum("btd,bmd->btm", hf, rows) / temperature - log_z[..., None]
+        p = torch.where(in_s, u.exp(), torch.zeros_like(u))
+        s = p.sum(-1)
+        em1 = torch.expm1(beta)
+        delta = torch.log1p(s * em1)
+        hit = ((self.item_index[labels][..., None] == items[:, None, :]) & in_s).any(-1)
+        lp2 = lp.float() + beta * hit - delta
+        inner = (p * (torch.where(in_s, u, torch.zeros_like(u)) * em1 + beta * torch.exp(beta))).sum(-1)
+        ent2 = delta + torch.exp(-delta) * (ent.float() - inner)
+        return lp2.to(lp.dtype), ent2.to(ent.dtype)
+
+    def mention_bias(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """[B, V]: the mention bonus on the next-token logits after the last position of each row
+        (the items anywhere in ``input_ids``), None without it."""
+        if self.item_repeat is None:
+            return None
+        items, _ = self.mentioned_items(input_ids)
+        bias = torch.zeros(input_ids.shape[0], len(self.item_mask), device=input_ids.device)
+        rows, cols = (items >= 0).nonzero(as_tuple=True)
+        bias[rows, self.item_ids[items[rows, cols]]] = self.item_repeat.detach().float()
+        return bias
 
     def with_features(self, h: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, H] as the head scores them: with :meth:`context_features` of
@@ -275,9 +368,20 @@ class Policy(nn.Module):
             lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
             lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
             ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
+        if self.item_repeat is not None:
+            lp2, ent2 = self._mention_correct(h, input_ids[:, :-1], labels, lp, ent, temperature)
+            lp, ent = (lp2, ent2) if select is None else (lp2 * sel, ent2 * sel)
         if items_at is None:
             return lp, ent, values
         logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature
+        if self.item_repeat is not None:
+            items, first = self.mentioned_items(input_ids[:, :-1])
+            b, t = items_at.bool().nonzero(as_tuple=True)
+            mark = (first[b] <= t[:, None]) & (items[b] >= 0)  # [n, M]
+            bonus = torch.zeros_like(logits)
+            r, c = mark.nonzero(as_tuple=True)
+            bonus[r, items[b][r, c]] = 1.0
+            logits = logits + bonus * (self.item_repeat.float() / temperature)
         if item_ban is not None:
             logits = logits.masked_fill(item_ban, float("-inf"))
         return lp, ent, values, torch.log_softmax(logits, dim=-1)
@@ -300,11 +404,25 @@ class Policy(nn.Module):
     ) -> torch.Tensor:
         """Item indices (into the catalog order) ranked by the next-token score after each row's
         last real token (rows right-padded): ``crs_fast.topk_scores`` over the item rows of the
-        LM head. [B, k]."""
-        q = self.next_query(input_ids, attention_mask, state)
-        items = self.item_rows()
-        _, idx = ops.topk_scores(q.float(), items.float(), k=min(k, items.shape[0]), exclude=exclude)
-        return idx
+        LM head, ties to the lower index. With the mention bonus the rows' mentioned items are
+        scored apart (``q . w_i + beta``) and merged into the others' top k. [B, k]."""
+        q = self.next_query(input_ids, attention_mask, state).float()
+        items = self.item_rows().float()
+        k = min(k, items.shape[0])
+        if self.item_repeat is None:
+            return ops.topk_scores(q, items, k=k, exclude=exclude)[1]
+        ment, _ = self.mentioned_items(input_ids)
+        if exclude is not None:  # items the caller excludes get no bonus either
+            ment = ment.masked_fill((ment[:, :, None] == exclude[:, None, :]).any(-1), -1)
+        ban = ment if exclude is None else torch.cat([ment, exclude.to(ment.dtype)], 1)
+        val, idx = ops.topk_scores(q, items, k=k, exclude=ban)
+        score = (q[:, None, :] * items[ment.clamp(min=0)]).sum(-1) + self.item_repeat.detach().float()
+        score = score.masked_fill(ment < 0, float("-inf"))
+        cand_s, cand_i = torch.cat([val, score], 1), torch.cat([idx, ment], 1)
+        by_index = torch.sort(torch.where(cand_i < 0, items.shape[0], cand_i), stable=True).indices
+        cand_s, cand_i = cand_s.gather(1, by_index), cand_i.gather(1, by_index)
+        best = torch.sort(cand_s, descending=True, stable=True).indices[:, :k]
+        return cand_i.gather(1, best)
 
 
 def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
@@ -320,6 +438,7 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
     torch.manual_seed(cfg.seed)
     attrs = item_attribute_index(data.catalog) if cfg.item_features else None
     collab = cooccurrence_factors(data.train, data.catalog, cfg.collab_rank, cfg.seed) if cfg.collab_rank else None
+    prior = cfg.item_prior * torch.log1p(cooccurrence_counts(data.train, data.catalog)[1]) if collab else None
     policy = Policy(
         lm,
         item_ids,
@@ -327,14 +446,16 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         item_attrs=attrs,
         collab=collab,
         collab_weight=cfg.collab_weight,
+        mention_bonus=cfg.mention_bonus if cfg.mention_bonus else None,
+        item_prior=prior,
     )
     return policy, tok
 
 
 def param_groups(policy: Policy, lr: float, item_lr: float) -> list[dict[str, Any]]:
-    """AdamW groups: the item attribute embeddings, the item bias and the item output rows (new,
-    starting at zero) at ``item_lr``, every other trainable parameter at ``lr``."""
-    new = ("item_attr.", "item_bias", "item_out")
+    """AdamW groups: the item attribute embeddings, the item bias, the item output rows (new,
+    starting at zero) and the mention bonus at ``item_lr``, every other trainable parameter at ``lr``."""
+    new = ("item_attr.", "item_bias", "item_out", "item_repeat")
     item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith(new)]
     rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith(new)]
     return [g for g in ({"params": rest, "lr": lr}, {"params": item, "lr": item_lr}) if g["params"]]

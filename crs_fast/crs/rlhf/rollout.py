@@ -141,16 +141,18 @@ def rollout(
     return eps
 
 
-def _step(backbone, head, features, **kwargs):
+def _step(backbone, head, features, bias=None, **kwargs):
     """One decoder step: (cache, next-token logits after the last position); ``features`` [B, T,
     1 + r] (the policy's context features of the whole sequence so far, or None) are appended
-    to the last hidden state, as the head expects."""
+    to the last hidden state, as the head expects; ``bias`` [B, V] (the policy's mention bonus,
+    or None) is added to the logits."""
     out = backbone(**kwargs, use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     h = out.last_hidden_state[:, -1]
     if features is not None:
         h = torch.cat([h, features[:, -1].to(h.dtype)], -1)
-    return cache, h @ head.T
+    logits = h @ head.T
+    return cache, logits if bias is None else logits + bias.to(logits.dtype)
 
 
 def _greedy_first(logits: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
@@ -191,7 +193,13 @@ def _generate(
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     past, logits = _step(
-        backbone, head, policy.context_features(ids), input_ids=ids, attention_mask=attn, position_ids=pos
+        backbone,
+        head,
+        policy.context_features(ids),
+        policy.mention_bias(ids),
+        input_ids=ids,
+        attention_mask=attn,
+        position_ids=pos,
     )
     toks = []
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
@@ -219,6 +227,7 @@ def _generate(
             backbone,
             head,
             policy.context_features(ids),
+            policy.mention_bias(ids),
             input_ids=nxt[:, None],
             attention_mask=attn,
             position_ids=pos,

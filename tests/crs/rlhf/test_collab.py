@@ -150,6 +150,14 @@ def test_build_policy_uses_the_training_dialogues_cooccurrence(tmp_path):
     p, q = CB.cooccurrence_factors(data.train, data.catalog, 4, cfg.seed)
     torch.testing.assert_close(policy.collab_p, p)
     assert policy.item_bias_dims() == 5
+    # the learned item prior starts at item_prior * log(1 + training mentions)
+    _, mentions = CB.cooccurrence_counts(data.train, data.catalog)
+    assert mentions.max() > mentions.min()
+    torch.testing.assert_close(policy.item_bias.detach(), cfg.item_prior * torch.log1p(mentions))
+    flat, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=4, item_prior=0.0), data)
+    assert not flat.item_bias.any()
+    with pytest.raises(ValueError, match=r"item_prior must be \["):
+        PO.Policy(policy.lm, policy.item_ids, collab=(p, p), item_prior=torch.zeros(3))
     off, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=0), data)
     assert off.item_bias is None
 

@@ -43,6 +43,11 @@ def test_opendialkg_turns_catalog_and_final_turn_samples(tmp_path):
     # one sample per linked item of each record's recommending (last) turn
     assert len(std) == sum(len(d.turns[-1].items) for d in data.real_test) > 0.9 * len(records)
     assert len({s.group for s in std}) <= len(records) and len(dedup) < len(std) and k >= 50
+    # the policy reads every item the baselines count: each sample's mentioned items are tokens of its prompt
+    from crs_fast.crs.rlhf.lm import items_in
+
+    assert all(set(s.mentioned) <= set(items_in(s.prompt)) for s in std)
+    assert sum(bool(s.mentioned) for s in std) > 0.5 * len(std)
 
 
 def test_redial_test_file_errors(trained, tmp_path, capsys):
@@ -91,3 +96,22 @@ def test_redial_test_file_errors(trained, tmp_path, capsys):
     assert main(["eval", "--out", str(tmp_path / "no-run"), "--quick", "--redial-test", str(good)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("crs-fast eval:") and len(err.splitlines()) == 1
+
+
+def test_items_a_turn_names_by_title_become_item_tokens():
+    """OpenDialKG links titles to items without ``@ID`` marks: the linked items' tokens follow the
+    text (so the policy sees what the baselines see), once, and a response's lead is not repeated."""
+    from crs_fast.crs.data import generate_catalog
+    from crs_fast.crs.data.schema import Turn
+    from crs_fast.crs.rlhf.lm import item_token, items_in
+
+    catalog = generate_catalog(5, seed=2)
+    a, b, c = catalog.ids()[:3]
+    t = Turn("user", f"I liked {catalog.items[a].title} and  @{b}", [a, b, "not-in-catalog", a])
+    assert CO.turn_text(t, catalog) == f"I liked {catalog.items[a].title} and {item_token(b)} {item_token(a)}"
+    redial = Turn("system", f"try @{c} or @{b}", [c, b])
+    assert CO.turn_text(redial, catalog) == f"try {item_token(c)} or {item_token(b)}"  # nothing added
+    s = Turn("system", "You would like that one", [c, a])
+    assert CO.response_text(s, catalog) == f" {item_token(c)} You would like that one {item_token(a)}"
+    p = CO.prompt([t, s], catalog)
+    assert items_in(p) == [b, a, c, a]

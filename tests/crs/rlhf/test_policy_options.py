@@ -31,7 +31,7 @@ def test_lora_trains_only_the_adapters_value_head_and_item_parts(data):
         assert (
             ".lora_A." in name
             or ".lora_B." in name
-            or name.startswith(("value_head.", "item_attr.", "item_bias", "item_out"))
+            or name.startswith(("value_head.", "item_attr.", "item_bias", "item_out", "item_repeat"))
         ), name
     assert any(".lora_B." in n for n in trainable)
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}

@@ -1,0 +1,167 @@
+"""The policy's mention bonus: ``+ beta`` on the logits of items already in the context, applied
+exactly on top of the fused head (log-probs, entropy, the catalog distribution, ranking,
+generation), against the naive formula on materialised logits, gradients included."""
+
+import pytest
+import torch
+
+from crs_fast.crs.rlhf import corpus as CO
+from crs_fast.crs.rlhf import lm as LM
+from crs_fast.crs.rlhf import policy as PO
+from crs_fast.crs.rlhf import rollout as RO
+
+pytest.importorskip("transformers")
+
+BETA = 1.7
+
+
+@pytest.fixture(scope="module", params=["collab", "plain"])
+def setup(request):
+    from crs_fast.crs.data import generate_catalog
+
+    catalog = generate_catalog(12, seed=4)
+    lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi like"], seed=1)
+    ids = LM.add_item_tokens(lm, tok, catalog)
+    gen = torch.Generator().manual_seed(11)
+    collab = (torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen))
+    policy = PO.Policy(
+        lm, ids, train_layers=1, collab=collab if request.param == "collab" else None, mention_bonus=BETA
+    )
+    if policy.item_bias is not None:
+        with torch.no_grad():
+            policy.item_bias.copy_(torch.randn(12, generator=gen))
+            policy.item_out.copy_(torch.randn(policy.item_out.shape, generator=gen))
+    items = [LM.item_token(i) for i in catalog.ids()]
+    texts = [
+        f"User : hi {items[2]} like {items[5]} {items[2]} System : {items[7]} hi {items[5]}",
+        f"User : {items[1]} System :",
+        "User : hi like System : hi",  # no item at all
+    ]
+    x, attn = CO.pad_right([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id)
+    return policy, x, attn
+
+
+def _naive_logits(policy, x, attn, beta):
+    """[B, T, V]: the head's logits from materialised ``h' @ W'.T`` plus ``beta`` on every item
+    among ``x[b, :t+1]``."""
+    h = policy.with_features(policy.hidden(x, attn), x)
+    z = h @ policy.head().T
+    bonus = torch.zeros_like(z)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            seen = x[b, : t + 1][policy.item_mask[x[b, : t + 1]]]
+            bonus[b, t, seen] = 1.0
+    return z + beta * bonus
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_and_entropy_match_the_materialised_logits(setup, temperature):
+    policy, x, attn = setup
+    z = _naive_logits(policy, x, attn, policy.item_repeat)[:, :-1] / temperature
+    logp = torch.log_softmax(z, -1)
+    want_lp = logp.gather(-1, x[:, 1:, None]).squeeze(-1)
+    want_ent = -(logp.exp() * logp).sum(-1)
+    lp, ent, _ = policy.logprobs(x, attn, temperature=temperature)
+    torch.testing.assert_close(lp, want_lp, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(ent, want_ent, atol=2e-5, rtol=2e-5)
+    # gradients of every trained part agree with the naive formula's
+    params = [p for p in policy.parameters() if p.requires_grad]
+    assert any(p is policy.item_repeat for p in params)
+    w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad((lp * w).sum() + (ent * w).sum(), params, allow_unused=True)
+    ref = torch.autograd.grad((want_lp * w).sum() + (want_ent * w).sum(), params, allow_unused=True)
+    for g, r in zip(got, ref, strict=True):
+        if r is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+    # only the selected positions, zeros elsewhere
+    sel = torch.zeros_like(lp, dtype=torch.bool)
+    sel[:, 2::3] = True
+    lp_s, ent_s, _ = policy.logprobs(x, attn, select=sel, temperature=temperature)
+    torch.testing.assert_close(lp_s, torch.where(sel, want_lp, 0).detach(), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(ent_s, torch.where(sel, want_ent, 0).detach(), atol=2e-5, rtol=2e-5)
+
+
+def test_catalog_distribution_ranking_and_generation_carry_the_bonus(setup):
+    policy, x, attn = setup
+    with torch.no_grad():
+        z = _naive_logits(policy, x, attn, policy.item_repeat)
+        at = torch.zeros_like(x[:, 1:], dtype=torch.bool)
+        at[:, -2] = True
+        at[0, 5] = True
+        ban = torch.zeros(int(at.sum()), 12, dtype=torch.bool)
+        ban[:, 3] = True
+        _, _, _, item_lp = policy.logprobs(x, attn, items_at=at, item_ban=ban)
+        want = torch.log_softmax(z[:, :-1][at][:, policy.item_ids].masked_fill(ban, float("-inf")), -1)
+        torch.testing.assert_close(item_lp, want, atol=1e-5, rtol=1e-5)
+        last = attn.sum(1) - 1
+        zl = z[torch.arange(x.shape[0]), last][:, policy.item_ids]
+        order = torch.sort(zl, descending=True, stable=True).indices
+        assert policy.rank_items(x, attn, k=12).tolist() == order.tolist()
+        assert policy.rank_items(x, attn, k=4).tolist() == order[:, :4].tolist()
+        # excluded items are never ranked, mentioned or not
+        exclude = torch.tensor([[2, 9], [0, -1], [-1, -1]])
+        got = policy.rank_items(x, attn, k=6, exclude=exclude)
+        for row, ex, o in zip(got.tolist(), exclude.tolist(), order.tolist(), strict=True):
+            assert row == [i for i in o if i not in ex][:6]
+        # generation's next-token logits after left-padded prompts
+        left = torch.stack([torch.roll(r, int((1 - a).sum())) for r, a in zip(x, attn, strict=True)])
+        la = torch.stack([torch.roll(a, int((1 - a).sum())) for a in attn])
+        pos = (la.cumsum(1) - 1).clamp(min=0)
+        _, logits = RO._step(
+            policy.backbone(),
+            policy.head(),
+            policy.context_features(left),
+            policy.mention_bias(left),
+            input_ids=left,
+            attention_mask=la,
+            position_ids=pos,
+        )
+        torch.testing.assert_close(logits, z[torch.arange(x.shape[0]), last], atol=1e-4, rtol=1e-4)
+
+
+def test_mentioned_items_lists_each_rows_distinct_items_at_first_mention(setup):
+    policy, x, attn = setup
+    items, first = policy.mentioned_items(x)
+    for b in range(x.shape[0]):
+        want = {}
+        for t, tok in enumerate(x[b].tolist()):
+            j = int(policy.item_index[tok])
+            if j >= 0 and j not in want:
+                want[j] = t
+        got = {i: t for i, t in zip(items[b].tolist(), first[b].tolist(), strict=True) if i >= 0}
+        assert got == want
+        assert (first[b][items[b] < 0] == x.shape[1]).all()
+    assert policy.mentioned_items(x[2:, :3])[0].shape == (1, 0)
+
+
+def test_build_policy_switch_groups_and_errors(setup, tmp_path):
+    from crs_fast.crs.rlhf.config import Config
+
+    policy, x, attn = setup
+    groups = PO.param_groups(policy, 1e-3, 2e-3)
+    named = {
+        n for g in groups if g["lr"] == 2e-3 for n, p in policy.named_parameters() if any(p is t for t in g["params"])
+    }
+    assert "item_repeat" in named
+    cfg = Config.quick(real_data="off", collab_rank=4)
+    data = CO.prepare_data(cfg, tmp_path)
+    on, tok = PO.build_policy(cfg, data)
+    assert on.item_repeat is not None and float(on.item_repeat.detach()) == cfg.mention_bonus > 0
+    off, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=4, mention_bonus=0.0), data)
+    items = [LM.item_token(i) for i in data.catalog.ids()[:3]]
+    text = f"User : {items[0]} and {items[1]} System : {items[2]} or {items[0]}"
+    x, attn = CO.pad_right([tok(text, add_special_tokens=False)["input_ids"]], tok.pad_token_id)
+    assert off.item_repeat is None and off.mention_bias(x) is None
+    assert on.mention_bias(x)[0, on.item_ids[:3]].tolist() == [cfg.mention_bonus] * 3
+    # without the bonus the policy is the plain one: equal log-probs
+    with torch.no_grad():
+        off.load_state_dict({k: v for k, v in on.state_dict().items() if k != "item_repeat"})
+        on.item_repeat.zero_()
+        torch.testing.assert_close(on.logprobs(x, attn)[0], off.logprobs(x, attn)[0], atol=1e-6, rtol=1e-6)
+        on.item_repeat.fill_(cfg.mention_bonus)
+    with pytest.raises(ValueError, match="mention_bonus must be finite"):
+        PO.Policy(policy.lm, policy.item_ids, mention_bonus=float("nan"))
+    with pytest.raises(ValueError, match="mention_bonus"):
+        Config(mention_bonus=-1.0)
