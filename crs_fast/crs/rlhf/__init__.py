@@ -3,7 +3,8 @@ from the layers above it in this list, and from :mod:`crs_fast.crs.data` and :mo
 
 1. :mod:`.config` (every option, checked; the hyper-parameters and why), :mod:`.lm` (loading
    the language models, item tokens), :mod:`.encoder` (the frozen sentence encoder),
-   :mod:`.collab` (co-occurrence counts, and their factors for the policy's item logits)
+   :mod:`.collab` (co-occurrence counts, and their factors for the policy's item logits),
+   :mod:`.mention` (the items a context mentions; the mention bonus, exact on a fused head)
 2. :mod:`.corpus` (the data a run trains on; prompts, turn text, SFT pairs), :mod:`.baselines`
    (popularity, repeat, co-occurrence, content retrieval)
 3. :mod:`.policy` (the policy with its value head), :mod:`.reward` (R_phi, catalog matches, the

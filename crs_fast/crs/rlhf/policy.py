@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ... import ops
+from . import mention
 from .collab import cooccurrence_counts, cooccurrence_factors
 from .config import Config
 from .corpus import CRSData, corpus
@@ -45,28 +46,19 @@ class Policy(nn.Module):
         h_t . w_i + b_i + collab_weight * (sum_{c in S_t} P_c) . Q_i
 
     with ``S_t`` the distinct items among the tokens up to ``t`` and ``b`` a learned bias
-    (:attr:`item_bias`, starting at ``item_prior``, zero if None; :func:`build_policy` starts it at
-    ``cfg.item_prior * log(1 + training mentions)``: without it the items of a context that names
-    none tie at zero). It is computed as one linear head over augmented
-    states, ``[h_t, 1, sum P_c] . [w_i, b_i, collab_weight Q_i]`` (text tokens have zeros in the
-    new columns), so ``linear_logprobs``, ``topk_scores`` and generation score it exactly. ``P`` and
-    ``Q`` are fixed (fitting them to the same dialogues they were counted on only memorises).
-    The items' output rows ``w_i`` are then their own parameters (:attr:`item_out`, untied from
-    the input embeddings) starting at zero, so the policy starts as the co-occurrence
-    recommender and SFT and PPO learn what the text adds: the title-mean rows ranked ReDial's
-    validation targets no better than chance before and after SFT (Recall@10 0.000 and 0.010) and
-    drowned the co-occurrence score in their spread.
+    (:attr:`item_bias`, from ``item_prior``, else zero; :func:`build_policy` gives
+    ``cfg.item_prior * log(1 + training mentions)``). It is one linear head over augmented states,
+    ``[h_t, 1, sum P_c] . [w_i, b_i, collab_weight Q_i]`` (zeros in the new columns for text), so
+    ``linear_logprobs``, ``topk_scores`` and generation score it exactly. ``P`` and ``Q`` are
+    fixed (fitting them on the dialogues they were counted on memorises). The items' output rows
+    ``w_i`` are then their own parameters (:attr:`item_out`) starting at zero: the policy starts
+    as the co-occurrence recommender (title-mean rows drowned its score; docs/recommender.md).
 
     ``mention_bonus = beta`` (not None) adds a learned scalar :attr:`item_repeat` (starting at
-    ``beta``) to the logit of every item already mentioned, ``+ beta * [i in S_t]``: recommenders
-    re-mention items (ReDial's system turns name an item of the context in about a fifth of its
-    recommendation samples), which no low-rank term can express. It is applied exactly on top
-    of the fused head: with ``p_i`` the probabilities without it and ``s = sum_{i in S_t} p_i``,
-    ``log Z' = log Z + log(1 + s (e^beta - 1))``, so the log-probabilities and the entropy of the
-    corrected distribution follow from ``linear_logprobs``' outputs and the logits of the
-    mentioned items alone (:meth:`_mention_correct`); rankings merge the mentioned items' scores
-    into ``topk_scores``' list of the others. Decoding with ``no_repeat_items`` bans those items,
-    so it changes the ranking and the log-probabilities of re-mentions, not what rollouts say.
+    ``beta``) to the logit of every item already mentioned, ``+ beta [i in S_t]``: recommenders
+    re-mention items (about a tenth of ReDial's recommendation samples), which no low-rank term
+    expresses. It is exact on top of the fused head (:mod:`~crs_fast.crs.rlhf.mention`). Decoding
+    with ``no_repeat_items`` bans those items: it changes rankings and log-probs, not rollouts.
     """
 
     def __init__(
@@ -190,89 +182,26 @@ class Policy(nn.Module):
         if self.item_bias is None:
             return None
         B, T = input_ids.shape
-        at, item = self._first_mentions(input_ids)
+        at, item = mention.first_mentions(self.item_index, input_ids)
         rows = torch.zeros(B * T, self.collab_p.shape[1], dtype=self.collab_p.dtype, device=input_ids.device)
         rows[at] = self.collab_p[item]
         ones = torch.ones(B, T, 1, dtype=rows.dtype, device=input_ids.device)
         return torch.cat([ones, rows.view(B, T, -1).cumsum(1)], -1)
 
-    def _first_mentions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(flat positions ``b * T + t`` ascending, catalog indices): each distinct item of each
-        row of ``input_ids`` [B, T] at its first mention."""
-        B, T = input_ids.shape
-        n_items = len(self.item_ids)
-        idx = self.item_index[input_ids]
-        key = torch.where(idx >= 0, idx + n_items * torch.arange(B, device=idx.device)[:, None], -1).flatten()
-        pos = (key >= 0).nonzero().squeeze(1)
-        order = torch.sort(key[pos], stable=True).indices  # equal keys keep their positions' order
-        sorted_keys = key[pos][order]
-        first = torch.ones_like(sorted_keys, dtype=torch.bool)
-        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        at = pos[order[first]].sort().values
-        return at, key[at] % n_items
-
     def mentioned_items(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(items, first), each [B, M]: the catalog indices of each row's distinct items in
-        first-mention order (-1 after the row's last) and the position of their first mention
-        (``T`` for padding), so item ``items[b, m]`` is in ``S_t`` iff ``first[b, m] <= t``."""
-        B, T = input_ids.shape
-        at, item = self._first_mentions(input_ids)
-        b, t = at // T, at % T
-        counts = torch.bincount(b, minlength=B)
-        m = int(counts.max()) if len(b) else 0
-        slot = torch.arange(len(b), device=b.device) - (counts.cumsum(0) - counts)[b]
-        items = torch.full((B, m), -1, dtype=torch.int64, device=b.device)
-        first = torch.full((B, m), T, dtype=torch.int64, device=b.device)
-        items[b, slot], first[b, slot] = item, t
-        return items, first
-
-    def _mention_correct(
-        self,
-        h: torch.Tensor,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        lp: torch.Tensor,
-        ent: torch.Tensor,
-        temperature: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``linear_logprobs``' (lp, entropy) [B, T] of the head without the mention bonus turned
-        into those with it: logits ``z' = (z + beta [i in S_t]) / tau``, ``S_t`` the items among
-        ``input_ids[:, :t+1]``, ``h`` [B, T, H'] the states the head scored. With ``u_i = log
-        p_i`` (the mentioned items' log-probabilities without the bonus), ``s = sum p_i`` and
-        ``delta = log(1 + s expm1(beta))``: ``lp' = lp + beta [y in S_t] - delta`` and
-        ``H' = delta + e^-delta (H - sum p_i (u_i expm1(beta) + beta e^beta))``."""
-        items, first = self.mentioned_items(input_ids)
-        if items.shape[1] == 0:
-            return lp, ent
-        beta = self.item_repeat.float() / temperature
-        t = torch.arange(input_ids.shape[1], device=h.device)
-        in_s = first[:, None, :] <= t[None, :, None]  # [B, T, M]
-        hf = h.float()
-        head = self.head()
-        z_y = (hf * head[labels].float()).sum(-1) / temperature
-        log_z = z_y - lp.float()
-        rows = self.item_rows().float()[items.clamp(min=0)]  # [B, M, H']
-        u = torch.einsum("btd,bmd->btm", hf, rows) / temperature - log_z[..., None]
-        p = torch.where(in_s, u.exp(), torch.zeros_like(u))
-        s = p.sum(-1)
-        em1 = torch.expm1(beta)
-        delta = torch.log1p(s * em1)
-        hit = ((self.item_index[labels][..., None] == items[:, None, :]) & in_s).any(-1)
-        lp2 = lp.float() + beta * hit - delta
-        inner = (p * (torch.where(in_s, u, torch.zeros_like(u)) * em1 + beta * torch.exp(beta))).sum(-1)
-        ent2 = delta + torch.exp(-delta) * (ent.float() - inner)
-        return lp2.to(lp.dtype), ent2.to(ent.dtype)
+        """(items, first) [B, M]: :func:`~crs_fast.crs.rlhf.mention.mentioned_items` of ``input_ids``."""
+        return mention.mentioned_items(self.item_index, input_ids)
 
     def mention_bias(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """[B, V]: the mention bonus on the next-token logits after the last position of each row
         (the items anywhere in ``input_ids``), None without it."""
         if self.item_repeat is None:
             return None
-        items, _ = self.mentioned_items(input_ids)
-        bias = torch.zeros(input_ids.shape[0], len(self.item_mask), device=input_ids.device)
-        rows, cols = (items >= 0).nonzero(as_tuple=True)
-        bias[rows, self.item_ids[items[rows, cols]]] = self.item_repeat.detach().float()
-        return bias
+        B, T = input_ids.shape
+        rows, pos = torch.arange(B, device=input_ids.device), torch.full((B,), T, device=input_ids.device)
+        marks = mention.item_marks(*self.mentioned_items(input_ids), rows, pos, len(self.item_ids))
+        bias = torch.zeros(B, len(self.item_mask), device=input_ids.device)
+        return bias.index_copy(1, self.item_ids, marks * self.item_repeat.detach().float())
 
     def with_features(self, h: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, H] as the head scores them: with :meth:`context_features` of
@@ -369,19 +298,16 @@ class Policy(nn.Module):
             lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
             ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
         if self.item_repeat is not None:
-            lp2, ent2 = self._mention_correct(h, input_ids[:, :-1], labels, lp, ent, temperature)
+            lp2, ent2 = mention.policy_logprobs(self, h, input_ids[:, :-1], labels, lp, ent, temperature)
             lp, ent = (lp2, ent2) if select is None else (lp2 * sel, ent2 * sel)
         if items_at is None:
             return lp, ent, values
         logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature
         if self.item_repeat is not None:
-            items, first = self.mentioned_items(input_ids[:, :-1])
-            b, t = items_at.bool().nonzero(as_tuple=True)
-            mark = (first[b] <= t[:, None]) & (items[b] >= 0)  # [n, M]
-            bonus = torch.zeros_like(logits)
-            r, c = mark.nonzero(as_tuple=True)
-            bonus[r, items[b][r, c]] = 1.0
-            logits = logits + bonus * (self.item_repeat.float() / temperature)
+            marks = mention.item_marks(
+                *self.mentioned_items(input_ids[:, :-1]), *items_at.bool().nonzero(as_tuple=True), logits.shape[1]
+            )
+            logits = logits + marks * (self.item_repeat.float() / temperature)
         if item_ban is not None:
             logits = logits.masked_fill(item_ban, float("-inf"))
         return lp, ent, values, torch.log_softmax(logits, dim=-1)
@@ -417,12 +343,7 @@ class Policy(nn.Module):
         ban = ment if exclude is None else torch.cat([ment, exclude.to(ment.dtype)], 1)
         val, idx = ops.topk_scores(q, items, k=k, exclude=ban)
         score = (q[:, None, :] * items[ment.clamp(min=0)]).sum(-1) + self.item_repeat.detach().float()
-        score = score.masked_fill(ment < 0, float("-inf"))
-        cand_s, cand_i = torch.cat([val, score], 1), torch.cat([idx, ment], 1)
-        by_index = torch.sort(torch.where(cand_i < 0, items.shape[0], cand_i), stable=True).indices
-        cand_s, cand_i = cand_s.gather(1, by_index), cand_i.gather(1, by_index)
-        best = torch.sort(cand_s, descending=True, stable=True).indices[:, :k]
-        return cand_i.gather(1, best)
+        return mention.merge_topk(val, idx, score, ment, k)
 
 
 def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:

@@ -165,3 +165,42 @@ def test_build_policy_switch_groups_and_errors(setup, tmp_path):
         PO.Policy(policy.lm, policy.item_ids, mention_bonus=float("nan"))
     with pytest.raises(ValueError, match="mention_bonus"):
         Config(mention_bonus=-1.0)
+
+
+@pytest.mark.parametrize("beta", [-2.0, 0.0, 0.5, 6.0])
+def test_correct_logprobs_is_the_softmax_of_the_shifted_logits(beta, gen):
+    """The pure function on random logits (shape [3, 5], vocabulary 40, up to 4 candidate items,
+    some in S, some not; labels in and out of S), values and gradients against log_softmax."""
+    from crs_fast.crs.rlhf import mention as MN
+
+    z = (3 * torch.randn(3, 5, 40, generator=gen, dtype=torch.float64)).requires_grad_()
+    cand = torch.rand(3, 5, 40, generator=gen).argsort(-1)[..., :4]  # distinct items, as mentioned_items gives
+    in_s = torch.rand(3, 5, 4, generator=gen) < 0.6  # candidates outside S are ignored
+    labels = torch.where(
+        torch.rand(3, 5, generator=gen) < 0.5, cand[..., 0], torch.randint(0, 40, (3, 5), generator=gen)
+    )
+    shift = torch.zeros(3, 5, 40, dtype=torch.float64).scatter_(-1, cand, in_s.double())
+    shifted = torch.log_softmax(z + beta * (shift > 0), -1)
+    want_lp = shifted.gather(-1, labels[..., None]).squeeze(-1)
+    want_ent = -(shifted.exp() * shifted).sum(-1)
+    logp = torch.log_softmax(z, -1)
+    lp, ent = logp.gather(-1, labels[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+    z_items = z.gather(-1, cand)
+    hit = shift.gather(-1, labels[..., None]).squeeze(-1) > 0
+    got_lp, got_ent = MN.correct_logprobs(
+        lp.float(), ent.float(), z.gather(-1, labels[..., None]).squeeze(-1), z_items, in_s, hit, torch.tensor(beta)
+    )
+    torch.testing.assert_close(got_lp.double(), want_lp, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_ent.double(), want_ent, atol=1e-4, rtol=1e-4)
+    g1 = torch.autograd.grad((got_lp + got_ent).sum(), z)[0]
+    g2 = torch.autograd.grad((want_lp + want_ent).sum(), z)[0]
+    torch.testing.assert_close(g1, g2, atol=1e-3, rtol=1e-3)
+
+
+def test_merge_topk_breaks_ties_to_the_lower_index():
+    from crs_fast.crs.rlhf import mention as MN
+
+    val, idx = torch.tensor([[5.0, 2.0, 2.0]]), torch.tensor([[4, 1, 6]])
+    score, items = torch.tensor([[2.0, 9.0, 7.0]]), torch.tensor([[3, 0, -1]])
+    assert MN.merge_topk(val, idx, score, items, 4).tolist() == [[0, 4, 1, 3]]
+    assert MN.merge_topk(val, idx, score, torch.tensor([[-1, -1, -1]]), 2).tolist() == [[4, 1]]
