@@ -1,5 +1,6 @@
 """Recall@1/10/50 (standard, dedup) on the real dataset's validation dialogues of saved policies of
-a run, beside the co-occurrence baseline on the same samples: what a setting is chosen on
+a run, beside the co-occurrence baseline on the same samples, with the paired dialogue-level
+bootstrap 95% interval of each minus the baseline: what a setting is chosen on
 (``--split test`` reports the test set, once a setting is chosen).
 
     python docs/results/redial-full-2026-11-30/valid_ranking.py RUN_DIR [stage ...] [--set KEY=VALUE ...]
@@ -14,7 +15,15 @@ import pathlib
 from crs_fast.crs.rlhf.baselines import Baselines, baseline_lists, sample_key
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
-from crs_fast.crs.rlhf.evaluate import KS, TrunkCache, ranking_metrics, ranks, real_samples, top_lists
+from crs_fast.crs.rlhf.evaluate import (
+    KS,
+    TrunkCache,
+    cluster_bootstrap_diff,
+    ranking_metrics,
+    ranks,
+    real_samples,
+    top_lists,
+)
 from crs_fast.crs.rlhf.policy import build_policy
 from crs_fast.crs.rlhf.run_io import load_policy
 
@@ -34,10 +43,23 @@ def main() -> None:
     extra = max(len(s.mentioned) for s in std_s + ded_s)
     prompts = list(dict.fromkeys(s.prompt for s in std_s + ded_s))
 
+    ref: dict[str, list] = {}
+
     def show(name, std, ded):
         m, d = ranking_metrics(std), ranking_metrics(ded)
         cells = [" / ".join(f"{x[f'recall@{k}']:.3f}" for k in KS) for x in (m, d)]
         print(f"{name:14s} n={m['n']}/{d['n']}  standard {cells[0]}  dedup {cells[1]}", flush=True)
+        if not ref:
+            ref.update(standard=std, dedup=ded)
+            return
+        for protocol, r, samples in (("standard", std, std_s), ("dedup", ded, ded_s)):
+            diffs = []
+            for k in KS:
+                hit = [float(x is not None and x < k) for x in r]
+                base_hit = [float(x is not None and x < k) for x in ref[protocol]]
+                b = cluster_bootstrap_diff(base_hit, hit, [s.group for s in samples], n=1000, seed=0)
+                diffs.append(f"R@{k} {b['diff']:+.3f} ({b['lo']:+.3f} .. {b['hi']:+.3f})")
+            print(f"    minus co-occurrence, {protocol}: " + ", ".join(diffs), flush=True)
 
     real_train = [d for d in data.train if not d.id.startswith("synth")]
     base = Baselines(data.catalog, real_train)

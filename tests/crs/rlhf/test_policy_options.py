@@ -82,6 +82,7 @@ def test_lora_runs_the_whole_pipeline(tmp_path):
     assert sft.keys() == ppo.keys()
     moved = {k for k in sft if not torch.equal(sft[k], ppo[k])}
     assert moved and any(".lora_" in k for k in moved)
-    assert all(".lora_" in k or k.startswith(("value_head.", "item_attr.", "item_bias", "item_out")) for k in moved), (
-        sorted(moved)
-    )
+    assert all(
+        ".lora_" in k or k.startswith(("value_head.", "item_attr.", "item_bias", "item_out", "item_repeat"))
+        for k in moved
+    ), sorted(moved)
