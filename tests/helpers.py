@@ -120,3 +120,23 @@ def real_data_dir():
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def next_token_logits(policy, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """[B, V]: generation's first-step logits (``rollout._step`` with the policy's context features
+    and mention bonus) for right-padded ``x`` / ``attn`` turned into left-padded prompts."""
+    from crs_fast.crs.rlhf import rollout
+
+    left = torch.stack([torch.roll(r, int((1 - a).sum())) for r, a in zip(x, attn, strict=True)])
+    la = torch.stack([torch.roll(a, int((1 - a).sum())) for a in attn])
+    pos = (la.cumsum(1) - 1).clamp(min=0)
+    _, logits = rollout._step(
+        policy.backbone(),
+        policy.head(),
+        policy.context_features(left),
+        policy.mention_bias(left),
+        input_ids=left,
+        attention_mask=la,
+        position_ids=pos,
+    )
+    return logits

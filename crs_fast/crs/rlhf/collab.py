@@ -45,14 +45,15 @@ def cooccurrence_counts(dialogues: Sequence[Dialogue], catalog: Catalog) -> tupl
 
 
 def cooccurrence_factors(
-    dialogues: Sequence[Dialogue], catalog: Catalog, rank: int, seed: int = 0
+    dialogues: Sequence[Dialogue], catalog: Catalog, rank: int, seed: int = 0, counts: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, Q), each [I, r] float32 with ``r = min(rank, I)``: the rank-``r`` randomized SVD of
     ``log(1 + n)`` split evenly, ``P Q^T ~ log(1 + n)``. Deterministic for a ``seed``; zeros when
-    no two items are ever co-mentioned."""
+    no two items are ever co-mentioned. ``counts``: ``n`` from :func:`cooccurrence_counts` of the
+    same ``dialogues`` when the caller has it (not counted again)."""
     if rank <= 0:
         raise ValueError(f"rank must be > 0, got {rank}")
-    n, _ = cooccurrence_counts(dialogues, catalog)
+    n = cooccurrence_counts(dialogues, catalog)[0] if counts is None else counts
     size = n.shape[0]
     r = min(rank, size)
     if n._nnz() == 0:

@@ -358,8 +358,11 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         )
     torch.manual_seed(cfg.seed)
     attrs = item_attribute_index(data.catalog) if cfg.item_features else None
-    collab = cooccurrence_factors(data.train, data.catalog, cfg.collab_rank, cfg.seed) if cfg.collab_rank else None
-    prior = cfg.item_prior * torch.log1p(cooccurrence_counts(data.train, data.catalog)[1]) if collab else None
+    collab = prior = None
+    if cfg.collab_rank:  # counted once: the factors' pairs and the prior's mentions
+        n, mentions = cooccurrence_counts(data.train, data.catalog)
+        collab = cooccurrence_factors(data.train, data.catalog, cfg.collab_rank, cfg.seed, counts=n)
+        prior = cfg.item_prior * torch.log1p(mentions)
     policy = Policy(
         lm,
         item_ids,

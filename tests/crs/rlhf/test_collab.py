@@ -3,12 +3,12 @@ logit formula through linear_logprobs, ranking and generation, and the config sw
 
 import pytest
 import torch
+from helpers import next_token_logits
 
 from crs_fast.crs.rlhf import collab as CB
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
 from crs_fast.crs.rlhf import policy as PO
-from crs_fast.crs.rlhf import rollout as RO
 
 pytest.importorskip("transformers")
 
@@ -104,17 +104,7 @@ def test_policy_item_logits_follow_the_formula_everywhere(setup):
         zl = z[torch.arange(2), last][:, policy.item_ids]
         assert policy.rank_items(x, attn, k=5).tolist() == zl.topk(5).indices.tolist()
         # generation scores the next token from the same features (left-padded prompts, KV cache)
-        left = torch.stack([torch.roll(r, int((1 - a).sum())) for r, a in zip(x, attn, strict=True)])
-        la = torch.stack([torch.roll(a, int((1 - a).sum())) for a in attn])
-        pos = (la.cumsum(1) - 1).clamp(min=0)
-        _, logits = RO._step(
-            policy.backbone(),
-            policy.head(),
-            policy.context_features(left),
-            input_ids=left,
-            attention_mask=la,
-            position_ids=pos,
-        )
+        logits = next_token_logits(policy, x, attn)
         torch.testing.assert_close(logits[:, policy.item_ids], zl, atol=1e-4, rtol=1e-4)
 
 

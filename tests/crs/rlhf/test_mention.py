@@ -4,11 +4,11 @@ generation), against the naive formula on materialised logits, gradients include
 
 import pytest
 import torch
+from helpers import next_token_logits
 
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
 from crs_fast.crs.rlhf import policy as PO
-from crs_fast.crs.rlhf import rollout as RO
 
 pytest.importorskip("transformers")
 
@@ -106,18 +106,7 @@ def test_catalog_distribution_ranking_and_generation_carry_the_bonus(setup):
         for row, ex, o in zip(got.tolist(), exclude.tolist(), order.tolist(), strict=True):
             assert row == [i for i in o if i not in ex][:6]
         # generation's next-token logits after left-padded prompts
-        left = torch.stack([torch.roll(r, int((1 - a).sum())) for r, a in zip(x, attn, strict=True)])
-        la = torch.stack([torch.roll(a, int((1 - a).sum())) for a in attn])
-        pos = (la.cumsum(1) - 1).clamp(min=0)
-        _, logits = RO._step(
-            policy.backbone(),
-            policy.head(),
-            policy.context_features(left),
-            policy.mention_bias(left),
-            input_ids=left,
-            attention_mask=la,
-            position_ids=pos,
-        )
+        logits = next_token_logits(policy, x, attn)
         torch.testing.assert_close(logits, z[torch.arange(x.shape[0]), last], atol=1e-4, rtol=1e-4)
 
 
