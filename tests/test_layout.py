@@ -28,6 +28,7 @@ RLHF_LAYERS = [
     {"corpus", "baselines"},
     {"policy", "reward"},
     {"sft", "rollout"},
+    {"anchor"},
     {"online_rm", "ppo", "evaluate"},
     {"run_io", "compare"},
     {"report"},

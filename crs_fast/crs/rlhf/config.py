@@ -119,6 +119,8 @@ _CFG_NON_NEGATIVE = [
     "collab_weight",
     "mention_bonus",
     "item_prior",
+    "anchor_kl",
+    "anchor_contexts",
 ]
 
 
@@ -174,6 +176,8 @@ class Config:
     kl_horizon: int = 32
     max_grad_norm: float = 1.0
     temperature: float = 1.0
+    anchor_kl: float = 1.0  # PPO: weight of KL(pi_ref || pi) over the catalog at real training contexts; 0 off
+    anchor_contexts: int = 256  # how many real training contexts the anchor holds (8 per PPO update)
     item_pg: float = 3.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
     no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
     recommend_first: bool = True  # decoding: every system turn opens with an item (its first token is one)

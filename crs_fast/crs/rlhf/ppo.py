@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ... import ops
+from .anchor import ItemAnchor
 from .config import Config
 from .corpus import pad_right
 from .policy import Policy
@@ -134,9 +135,14 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
     return PPOBatch(mbs, mask, kl)
 
 
-def ppo_update(policy: Policy, opt, batch: PPOBatch, cfg: Config, accelerator=None) -> dict[str, float]:
+def ppo_update(
+    policy: Policy, opt, batch: PPOBatch, cfg: Config, accelerator=None, anchor: ItemAnchor | None = None
+) -> dict[str, float]:
     """PPO epochs over the batch's mini-batches (their order shuffled per epoch): clipped policy
     loss, clipped value loss, entropy bonus; gradient clipping. Returns mean statistics.
+
+    With an ``anchor`` (:class:`~crs_fast.crs.rlhf.anchor.ItemAnchor`), every update adds
+    ``cfg.anchor_kl`` times its KL to the reference's catalog distribution at real contexts.
 
     Where the mini-batches carry item advantages (:func:`make_batch`), the item choice also gets
     PPO's clipped surrogate in expectation over the whole catalog instead of at the one sampled
@@ -165,6 +171,10 @@ def ppo_update(policy: Policy, opt, batch: PPOBatch, cfg: Config, accelerator=No
                 il = expected_item_loss(out[3], mb.item_old, mb.item_adv, mb.item_ban, cfg.clip)
                 loss = loss + cfg.item_pg * il
                 stats.setdefault("item_loss", []).append(float(il.detach()))
+            if anchor is not None and cfg.anchor_kl > 0:
+                al = anchor.loss(accelerator.unwrap_model(policy) if accelerator is not None else policy)
+                loss = loss + cfg.anchor_kl * al
+                stats.setdefault("anchor_kl", []).append(float(al.detach()))
             opt.zero_grad(set_to_none=True)
             if accelerator is not None:
                 accelerator.backward(loss)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..data.schema import DataError
+from .anchor import build_anchor
 from .compare import evaluate_baselines, hits, ppo_vs, sample_sets
 from .config import Config
 from .corpus import CRSData, prepare_data, prompt, test_dialogues
@@ -128,6 +129,7 @@ def run_ppo(
     data, policy, tok = setup_stage(cfg, out, data)
     load_policy(policy, out / "sft" / "policy.safetensors")
     ref = frozen_copy(policy).to(acc.device)
+    anchor = build_anchor(policy, ref, tok, data, cfg)  # real contexts' item KL (None without real data)
     encoder = encoder or SentenceEncoder()
     scorer = Scorer(
         load_reward_model(out, encoder.dim), encoder, data.catalog, item_cache=out / "rm" / "item_encodings.safetensors"
@@ -190,7 +192,7 @@ def run_ppo(
                     item_values=cfg.expected_item_surrogate,
                 )
                 batch = make_batch(base, ref, eps, tok, ctl.value, cfg)
-                stats = ppo_update(model, opt, batch, cfg, acc)
+                stats = ppo_update(model, opt, batch, cfg, acc, anchor)
                 kl_seq = float((batch.kl * batch.mask).sum(1).mean())
                 row = {
                     "reward": sum(sum(e.rewards) for e in eps) / len(eps),

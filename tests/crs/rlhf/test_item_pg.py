@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from crs_fast.crs.data import generate_catalog
+from crs_fast.crs.rlhf import anchor as AN
 from crs_fast.crs.rlhf import config as CF
 from crs_fast.crs.rlhf import evaluate as E
 from crs_fast.crs.rlhf import lm as LM
@@ -173,6 +174,10 @@ def test_make_batch_gives_item_advantages_at_each_turn_start():
     assert not torch.allclose(plain.kl, batch.kl)  # unconditional log-probs at the first tokens
     stats = PPO.ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=1e-3), batch, cfg)
     assert "item_loss" in stats and torch.isfinite(torch.tensor(stats["item_loss"]))
+    assert "anchor_kl" not in stats
+    anchor = AN.ItemAnchor(policy, ref, tok, ["User : hi\nSystem :", "System :"], max_context=32)
+    stats = PPO.ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=1e-3), batch, cfg, anchor=anchor)
+    assert -1e-6 <= stats["anchor_kl"] < float("inf")  # a KL, added to every update's loss
 
 
 def test_trunk_cache_shares_the_frozen_part_only_between_identical_trunks():
