@@ -28,7 +28,7 @@ from ..data.splits import rec_samples
 from . import mention
 from .config import Config
 from .corpus import CRSData, clip_context, pad_right, prompt
-from .policy import Policy
+from .policy import Policy, build_policy, frozen_copy
 
 
 def catalog_logprobs(policy: Policy, ids: torch.Tensor, attn: torch.Tensor, state=None) -> torch.Tensor:
@@ -90,9 +90,15 @@ def anchor_prompts(dialogues: Sequence[Dialogue], catalog: Catalog, n: int, seed
 
 def build_anchor(policy: Policy, ref: Policy, tok, data: CRSData, cfg: Config) -> ItemAnchor | None:
     """The run's anchor: ``cfg.anchor_contexts`` contexts of the real training dialogues (none
-    without real data, ``anchor_kl`` 0 or ``anchor_contexts`` 0)."""
+    without real data, ``anchor_kl`` 0 or ``anchor_contexts`` 0), keeping ``ref``'s distribution
+    there (PPO's reference, the SFT policy), or with ``cfg.anchor_ref = "base"`` the untrained
+    policy's (built here: its item scores are the co-occurrence part, prior and mention bonus)."""
     real = [d for d in data.train if not d.id.startswith("synth")]
     if cfg.anchor_kl <= 0 or cfg.anchor_contexts <= 0 or not real:
         return None
     prompts = anchor_prompts(real, data.catalog, cfg.anchor_contexts, cfg.seed)
-    return ItemAnchor(policy, ref, tok, prompts, cfg.max_context) if prompts else None
+    if not prompts:
+        return None
+    if cfg.anchor_ref == "base":  # the untrained policy's distribution (item parts from the data only)
+        ref = frozen_copy(build_policy(cfg, data)[0]).to(policy.device)
+    return ItemAnchor(policy, ref, tok, prompts, cfg.max_context)

@@ -64,9 +64,9 @@ def ppo_vs(
     sets: dict[str, tuple[Sequence[Sample], Sequence[Sample]]],
     cfg: Config,
 ) -> dict[str, Any]:
-    """{set: {protocol: {other: {"recall@k": PPO - other}}}} as paired bootstraps resampling whole
-    groups (users, dialogues), plus "best": the other with the highest Recall@k on that set and
-    protocol (each k on its own)."""
+    """{set: {protocol: {other: {"recall@k": policy - other}}}} for one policy's ranks (PPO's, or
+    any other's) as paired bootstraps resampling whole groups (users, dialogues), plus "best": the
+    other with the highest Recall@k on that set and protocol (each k on its own)."""
     out: dict[str, Any] = {}
     for set_name, (std_s, ded_s) in sets.items():
         if set_name not in policy_ranks:

@@ -178,6 +178,7 @@ class Config:
     temperature: float = 1.0
     anchor_kl: float = 1.0  # PPO: weight of KL(pi_ref || pi) over the catalog at real training contexts; 0 off
     anchor_contexts: int = 256  # how many real training contexts the anchor holds (8 per PPO update)
+    anchor_ref: str = "sft"  # whose catalog distribution the anchor keeps: "sft" (PPO's reference) or "base"
     item_pg: float = 3.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
     no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
     recommend_first: bool = True  # decoding: every system turn opens with an item (its first token is one)
@@ -232,6 +233,8 @@ class Config:
             raise ValueError(f"Config.dataset: expected 'redial' or 'opendialkg'{hint}, got {self.dataset!r}")
         if self.real_data not in ("auto", "on", "off"):
             raise ValueError(f"Config.real_data: expected 'auto', 'on' or 'off', got {self.real_data!r}")
+        if self.anchor_ref not in ("sft", "base"):
+            raise ValueError(f"Config.anchor_ref: expected 'sft' or 'base', got {self.anchor_ref!r}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:

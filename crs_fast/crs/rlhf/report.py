@@ -100,6 +100,19 @@ def report(result: dict) -> str:
                     f"{v['diff']:+.4f} "
                     f"(95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}, {v['groups']} {unit} resampled whole)"
                 )
+    for name, by_set in result.get("vs_baselines", {}).items():
+        if name == "ppo":  # above, every set
+            continue
+        for set_name, by_protocol in by_set.items():
+            if set_name == "synthetic":
+                continue
+            for protocol, block in by_protocol.items():
+                v = block.get("best", {}).get("recall@10")
+                if v:
+                    lines.append(
+                        f"{name} - best baseline ({v['baseline']}), {SET_LABELS.get(set_name, set_name)} {protocol} "
+                        f"recall@10: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f})"
+                    )
     if "ppo_kl_final" in result:
         lines.append(
             f"\nKL(PPO || SFT reference) per dialogue at the last iteration: {result['ppo_kl_final']:.4f} nats"

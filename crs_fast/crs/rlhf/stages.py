@@ -340,8 +340,10 @@ def run_eval(
         data.catalog, sets, train, cfg, encoder, lambda text: render(text, data.catalog)
     )
     result["baselines"] = baselines
+    # every policy minus every baseline, paired (the untrained policy's and SFT's too)
+    result["vs_baselines"] = {name: ppo_vs(r, baseline_ranks, sets, cfg) for name, r in policy_ranks.items()}
     if "ppo" in policy_ranks:
-        result["ppo_vs_baselines"] = ppo_vs(policy_ranks["ppo"], baseline_ranks, sets, cfg)
+        result["ppo_vs_baselines"] = result["vs_baselines"]["ppo"]
     kl_rows = Tracker(out).rows("ppo")
     if kl_rows:
         result["ppo_kl_final"] = kl_rows[-1]["kl"]

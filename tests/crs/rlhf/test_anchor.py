@@ -140,3 +140,23 @@ def test_the_anchor_pulls_the_update_towards_the_reference(setup):
         with torch.no_grad():
             ends.append(float(anchor.loss(p)))
     assert ends[1] < 0.5 * ends[0], ends
+
+
+def test_build_anchor_draws_real_contexts_and_keeps_the_chosen_reference(tmp_path):
+    from crs_fast.crs.rlhf import config as CF
+
+    cfg = CF.Config.quick(real_data="off", collab_rank=4, anchor_contexts=6)
+    data = CO.prepare_data(cfg, tmp_path)
+    base, tok = PO.build_policy(cfg, data)
+    sft = _perturbed(base, scale=0.2)  # stands for the SFT policy, PPO's reference
+    assert AN.build_anchor(sft, sft, tok, data, cfg) is None  # generated data only: no real contexts
+    for d in data.train[:20]:
+        d.id = "real-" + d.id  # now the pipeline takes them for real dialogues
+    assert AN.build_anchor(sft, sft, tok, data, CF.Config.quick(real_data="off", anchor_kl=0.0)) is None
+    anchor = AN.build_anchor(sft, sft, tok, data, cfg)
+    assert len(anchor) == 6
+    assert abs(float(anchor.loss(sft).detach())) < 1e-5 and float(anchor.loss(base).detach()) > 1e-4
+    anchor = AN.build_anchor(sft, sft, tok, data, CF.Config.quick(real_data="off", collab_rank=4, anchor_ref="base"))
+    assert abs(float(anchor.loss(base).detach())) < 1e-5 and float(anchor.loss(sft).detach()) > 1e-4
+    with pytest.raises(ValueError, match="anchor_ref"):
+        CF.Config.quick(anchor_ref="reference")

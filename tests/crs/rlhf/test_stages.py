@@ -113,6 +113,10 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
     assert set(result["ppo_vs_sft"]) == {"satisfaction", "recall@10"}
     assert set(result["baselines"]) == {"popularity", "repeat", "cooccurrence", "content"}
     assert result["baselines"]["repeat"]["synthetic"]["dedup"]["recall@50"] == 0.0  # zero by construction
+    assert set(result["vs_baselines"]) == {"base", "sft", "ppo"}  # every policy's intervals, not only PPO's
+    for name in ("base", "sft", "ppo"):
+        v = result["vs_baselines"][name]["synthetic"]["dedup"]["best"]["recall@10"]
+        assert v["lo"] <= v["diff"] <= v["hi"] and v["baseline"] in result["baselines"]
     if real:
         assert result["real_data"] and result["dataset"] == dataset and dataset in result["ppo"]
         assert set(result["ppo"][dataset]["dedup"]) >= {"recall@1", "recall@10", "recall@50", "n"}
@@ -124,6 +128,12 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
             assert by_set[dataset]["standard"]["n"] == result["ppo"][dataset]["standard"]["n"], name
         best = result["ppo_vs_baselines"][dataset]["dedup"]["best"]["recall@10"]
         assert best["baseline"] in result["baselines"] and best["lo"] <= best["diff"] <= best["hi"]
+        assert result["vs_baselines"]["ppo"] == result["ppo_vs_baselines"]
+        for name in ("base", "sft"):
+            v = result["vs_baselines"][name][dataset]["standard"]["best"]["recall@10"]
+            mine = result[name][dataset]["standard"]["recall@10"]
+            theirs = result["baselines"][v["baseline"]][dataset]["standard"]["recall@10"]
+            assert v["diff"] == pytest.approx(mine - theirs, abs=1e-9) and v["lo"] <= v["diff"] <= v["hi"]
         # `crs-fast eval --<dataset>-test FILE`: the run re-evaluated on another file in the original
         # format (here the first 40 records of the data directory's test file, copied at run time)
         source = real_data_dir() / dataset / ("test_data.jsonl" if dataset == "redial" else "test.jsonl")
