@@ -48,6 +48,11 @@ Hyper-parameters (the paper publishes none; ours, with the reason; all in :class
   REINFORCE with the simulator's true reward over 1,280 contexts, stayed within noise (0.021-0.053).
   item_pg 3 with 4 epochs beat item_pg 1 / 3 with 2 epochs and lr 3e-4 for everything (the text
   tokens drifted, KL 10 nats, satisfaction fell).
+* The real-context anchor (:mod:`~crs_fast.crs.rlhf.anchor`): every PPO update adds ``anchor_kl``
+  = 10 times KL(pi_ref || pi) over the catalog at 8 of 256 fixed real training contexts. R_phi
+  ranks real ReDial items at chance (valid Recall@10 0.003) and PPO's learned item rows took the
+  valid ranking from 0.197 (SFT) to 0.096; with the anchor at 1 / 10 it ends at 0.168 / 0.197
+  (docs/results/ppo-erosion-2026-11-30).
 """
 
 from __future__ import annotations
@@ -176,7 +181,7 @@ class Config:
     kl_horizon: int = 32
     max_grad_norm: float = 1.0
     temperature: float = 1.0
-    anchor_kl: float = 1.0  # PPO: weight of KL(pi_ref || pi) over the catalog at real training contexts; 0 off
+    anchor_kl: float = 10.0  # PPO: weight of KL(pi_ref || pi) over the catalog at real training contexts; 0 off
     anchor_contexts: int = 256  # how many real training contexts the anchor holds (8 per PPO update)
     anchor_ref: str = "sft"  # whose catalog distribution the anchor keeps: "sft" (PPO's reference) or "base"
     item_pg: float = 3.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
