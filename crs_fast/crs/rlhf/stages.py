@@ -129,7 +129,6 @@ def run_ppo(
     data, policy, tok = setup_stage(cfg, out, data)
     load_policy(policy, out / "sft" / "policy.safetensors")
     ref = frozen_copy(policy).to(acc.device)
-    anchor = build_anchor(policy, ref, tok, data, cfg)  # real contexts' item KL (None without real data)
     encoder = encoder or SentenceEncoder()
     scorer = Scorer(
         load_reward_model(out, encoder.dim), encoder, data.catalog, item_cache=out / "rm" / "item_encodings.safetensors"
@@ -164,6 +163,7 @@ def run_ppo(
             if online is not None:
                 online.load(found)
     model, opt = acc.prepare(policy, opt)
+    anchor = build_anchor(acc.unwrap_model(model), ref, tok, data, cfg)  # on the policy's device
     tracker = Tracker(out) if acc.is_main_process else None
     if tracker:
         tracker.drop("ppo", start)  # rows of iterations this run (re)computes
