@@ -140,3 +140,14 @@ def next_token_logits(policy, x: torch.Tensor, attn: torch.Tensor) -> torch.Tens
         position_ids=pos,
     )
     return logits
+
+
+def tiny_item_lm():
+    """(catalog of 12 generated items, the tiny random LM, its tokenizer, the item token ids): the
+    small policy setup the RLHF tests build their policies on."""
+    from crs_fast.crs.data import generate_catalog
+    from crs_fast.crs.rlhf import lm as LM
+
+    catalog = generate_catalog(12, seed=4)
+    lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi like"], seed=1)
+    return catalog, lm, tok, LM.add_item_tokens(lm, tok, catalog)

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from helpers import tiny_item_lm
 
 from crs_fast.crs.rlhf import anchor as AN
 from crs_fast.crs.rlhf import corpus as CO
@@ -18,11 +19,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def setup():
-    from crs_fast.crs.data import generate_catalog
-
-    catalog = generate_catalog(12, seed=4)
-    lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi like"], seed=1)
-    ids = LM.add_item_tokens(lm, tok, catalog)
+    catalog, lm, tok, ids = tiny_item_lm()
     gen = torch.Generator().manual_seed(3)
     collab = (torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen))
     policy = PO.Policy(lm, ids, train_layers=1, collab=collab, mention_bonus=1.3)

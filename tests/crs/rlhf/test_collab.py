@@ -3,7 +3,7 @@ logit formula through linear_logprobs, ranking and generation, and the config sw
 
 import pytest
 import torch
-from helpers import next_token_logits
+from helpers import next_token_logits, tiny_item_lm
 
 from crs_fast.crs.rlhf import collab as CB
 from crs_fast.crs.rlhf import corpus as CO
@@ -52,11 +52,7 @@ def test_counts_and_full_rank_factors_reproduce_log1p_counts():
 
 @pytest.fixture(scope="module")
 def setup():
-    from crs_fast.crs.data import generate_catalog
-
-    catalog = generate_catalog(12, seed=4)
-    lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi like"], seed=1)
-    ids = LM.add_item_tokens(lm, tok, catalog)
+    catalog, lm, tok, ids = tiny_item_lm()
     gen = torch.Generator().manual_seed(7)
     p, q = torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen)
     policy = PO.Policy(lm, ids, train_layers=1, collab=(p, q), collab_weight=0.7)

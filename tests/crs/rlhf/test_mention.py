@@ -4,7 +4,7 @@ generation), against the naive formula on materialised logits, gradients include
 
 import pytest
 import torch
-from helpers import next_token_logits
+from helpers import next_token_logits, tiny_item_lm
 
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
@@ -17,11 +17,7 @@ BETA = 1.7
 
 @pytest.fixture(scope="module", params=["collab", "plain"])
 def setup(request):
-    from crs_fast.crs.data import generate_catalog
-
-    catalog = generate_catalog(12, seed=4)
-    lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi like"], seed=1)
-    ids = LM.add_item_tokens(lm, tok, catalog)
+    catalog, lm, tok, ids = tiny_item_lm()
     gen = torch.Generator().manual_seed(11)
     collab = (torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen))
     policy = PO.Policy(
