@@ -30,6 +30,7 @@ RLHF_LAYERS = [
     {"sft", "rollout"},
     {"anchor"},
     {"online_rm", "ppo", "evaluate"},
+    {"item_fit"},
     {"run_io", "compare"},
     {"report"},
     {"stages"},

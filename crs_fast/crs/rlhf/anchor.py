@@ -31,9 +31,12 @@ from .corpus import CRSData, clip_context, pad_right, prompt
 from .policy import Policy, build_policy, frozen_copy
 
 
-def catalog_logprobs(policy: Policy, ids: torch.Tensor, attn: torch.Tensor, state=None) -> torch.Tensor:
-    """[B, I] float32: ``log softmax_i`` of the item scores after each row's last real token (rows
-    right-padded): ``q . w_i``, plus the mention bonus on the items the row mentions."""
+def catalog_logprobs(
+    policy: Policy, ids: torch.Tensor, attn: torch.Tensor, state=None, temperature: float = 1.0
+) -> torch.Tensor:
+    """[B, I] float32: ``log softmax_i(z_i / temperature)`` of the item scores ``z`` after each
+    row's last real token (rows right-padded): ``q . w_i``, plus the mention bonus on the items
+    the row mentions."""
     q = policy.next_query(ids, attn, state).float()
     logits = q @ policy.item_rows().float().T
     if policy.item_repeat is not None:
@@ -41,20 +44,34 @@ def catalog_logprobs(policy: Policy, ids: torch.Tensor, attn: torch.Tensor, stat
         pos = torch.full_like(rows, ids.shape[1])
         marks = mention.item_marks(*policy.mentioned_items(ids), rows, pos, logits.shape[1])
         logits = logits + marks * policy.item_repeat.float()
-    return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(logits / temperature, dim=-1)
 
 
 class ItemAnchor:
     """``KL(pi_ref || pi)`` over the catalog at fixed real contexts (module docstring).
 
     ``prompts``: the contexts (distinct prompt strings); ``batch`` of them per :meth:`loss` call,
-    cycling through all of them in order."""
+    cycling through all of them in order. ``temperature``: both distributions are taken at it
+    (``softmax(z / T)``); below 1 they are sharper and the KL weights the top of the reference's
+    ranking, which a nearly flat distribution at T = 1 barely guards."""
 
-    def __init__(self, policy: Policy, ref: Policy, tok, prompts: Sequence[str], max_context: int, batch: int = 8):
+    def __init__(
+        self,
+        policy: Policy,
+        ref: Policy,
+        tok,
+        prompts: Sequence[str],
+        max_context: int,
+        batch: int = 8,
+        temperature: float = 1.0,
+    ):
         if not prompts:
             raise ValueError("ItemAnchor needs at least one context")
         if batch <= 0:
             raise ValueError(f"batch must be > 0, got {batch}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
         self.chunks = []
         with torch.no_grad():
             for i in range(0, len(prompts), batch):
@@ -64,7 +81,7 @@ class ItemAnchor:
                 ]
                 ids, attn = pad_right(seqs, tok.pad_token_id, policy.device)
                 state = policy.trunk(ids, attn)  # frozen: the same for the policy and the reference
-                self.chunks.append((ids, attn, state, catalog_logprobs(ref, ids, attn, state)))
+                self.chunks.append((ids, attn, state, catalog_logprobs(ref, ids, attn, state, temperature)))
         self.next = 0
 
     def __len__(self) -> int:
@@ -74,7 +91,7 @@ class ItemAnchor:
         """The mean KL(pi_ref || pi) over the next chunk of contexts (differentiable in ``policy``)."""
         ids, attn, state, ref_lp = self.chunks[self.next]
         self.next = (self.next + 1) % len(self.chunks)
-        lp = catalog_logprobs(policy, ids, attn, state)
+        lp = catalog_logprobs(policy, ids, attn, state, self.temperature)
         return (ref_lp.exp() * (ref_lp - lp)).sum(-1).mean()
 
 
@@ -101,4 +118,4 @@ def build_anchor(policy: Policy, ref: Policy, tok, data: CRSData, cfg: Config) -
         return None
     if cfg.anchor_ref == "base":  # the untrained policy's distribution (item parts from the data only)
         ref = frozen_copy(build_policy(cfg, data)[0]).to(policy.device)
-    return ItemAnchor(policy, ref, tok, prompts, cfg.max_context)
+    return ItemAnchor(policy, ref, tok, prompts, cfg.max_context, temperature=cfg.anchor_temp)

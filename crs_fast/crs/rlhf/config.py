@@ -79,6 +79,9 @@ _CFG_POSITIVE = [
     "sft_lr",
     "item_lr",
     "ppo_item_lr",
+    "anchor_temp",
+    "item_fit_lr",
+    "item_fit_batch",
     "rm_lr",
     "rm_batch",
     "ppo_iters",
@@ -126,6 +129,9 @@ _CFG_NON_NEGATIVE = [
     "item_prior",
     "anchor_kl",
     "anchor_contexts",
+    "item_fit_epochs",
+    "item_fit_wd",
+    "item_fit_contexts",
 ]
 
 
@@ -155,6 +161,12 @@ class Config:
     sft_lr: float = 5e-4
     item_lr: float = 1e-5  # SFT lr of the item parts: attribute embeddings, output rows, bias (new, starting at zero)
     ppo_item_lr: float = 3e-4
+    item_fit_epochs: int = 0  # after SFT: epochs fitting the item parts on real recommendations (valid-stopped); 0 off
+    item_fit_lr: float = 1e-3  # its learning rate
+    item_fit_opt: str = "sgd"  # its optimiser: "sgd" (momentum 0.9) or "adamw"
+    item_fit_wd: float = 0.0  # its decoupled weight decay on the item rows and attribute embeddings
+    item_fit_batch: int = 256  # its minibatch (samples)
+    item_fit_contexts: int = 0  # how many real training contexts it fits on (a seeded draw); 0: all
     rm_epochs: int = 30
     rm_lr: float = 1e-3
     rm_batch: int = 128
@@ -183,6 +195,7 @@ class Config:
     temperature: float = 1.0
     anchor_kl: float = 10.0  # PPO: weight of KL(pi_ref || pi) over the catalog at real training contexts; 0 off
     anchor_contexts: int = 256  # how many real training contexts the anchor holds (8 per PPO update)
+    anchor_temp: float = 1.0  # temperature of both anchor distributions (< 1: the top of the ranking weighs more)
     anchor_ref: str = "sft"  # whose catalog distribution the anchor keeps: "sft" (PPO's reference) or "base"
     item_pg: float = 3.0  # weight of the expected clipped surrogate over the catalog at item choices; 0: off
     no_repeat_items: bool = True  # decoding: items already in the dialogue are not suggested again
@@ -238,6 +251,8 @@ class Config:
             raise ValueError(f"Config.dataset: expected 'redial' or 'opendialkg'{hint}, got {self.dataset!r}")
         if self.real_data not in ("auto", "on", "off"):
             raise ValueError(f"Config.real_data: expected 'auto', 'on' or 'off', got {self.real_data!r}")
+        if self.item_fit_opt not in ("sgd", "adamw"):
+            raise ValueError(f"Config.item_fit_opt: expected 'sgd' or 'adamw', got {self.item_fit_opt!r}")
         if self.anchor_ref not in ("sft", "base"):
             raise ValueError(f"Config.anchor_ref: expected 'sft' or 'base', got {self.anchor_ref!r}")
 

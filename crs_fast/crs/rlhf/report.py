@@ -146,6 +146,28 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ppo_summary(rows: Sequence[dict]) -> dict:
+    """eval.json's PPO figures from its ``metrics.jsonl`` rows: the final KL; R_phi's on-policy
+    Spearman against the simulator (each new rollout batch, before refitting on it: mean, last,
+    n); the fixed offline R_phi's reward per dialogue over the first and last ``SMOOTH``
+    iterations. Empty without rows."""
+    if not rows:
+        return {}
+    out: dict = {"ppo_kl_final": rows[-1]["kl"]}
+    for key in ("rm_onpolicy_sentiment_spearman", "rm_fixed_onpolicy_sentiment_spearman"):
+        onp = [x for r in rows if (x := r.get(key)) is not None and x == x]
+        if onp:
+            out[key] = {"mean": sum(onp) / len(onp), "last": onp[-1], "n": len(onp)}
+    fixed = [r["reward_fixed_rm"] for r in rows if "reward_fixed_rm" in r]
+    if len(fixed) >= 2 * SMOOTH:
+        out["reward_fixed_rm"] = {
+            "first": sum(fixed[:SMOOTH]) / SMOOTH,
+            "last": sum(fixed[-SMOOTH:]) / SMOOTH,
+            "iterations": SMOOTH,
+        }
+    return out
+
+
 def _save_fig(plt, fig, path: pathlib.Path) -> pathlib.Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

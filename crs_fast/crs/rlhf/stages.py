@@ -36,11 +36,12 @@ from .evaluate import (
     synthetic_seed,
     top_lists,
 )
+from .item_fit import fit_info, fit_on_real
 from .lm import render
 from .online_rm import OnlineRM
 from .policy import build_policy, frozen_copy, param_groups
 from .ppo import make_batch, ppo_update
-from .report import SMOOTH, eval_plot, plots, report
+from .report import eval_plot, plots, ppo_summary, report
 from .reward import Scorer, rm_examples, train_reward_model
 from .rollout import rollout
 from .run_io import (
@@ -79,6 +80,16 @@ def run_sft(cfg: Config, out: pathlib.Path, *, data: CRSData | None = None) -> p
             cfg,
             progress=lambda s, row: (tracker.log("sft", s, row), advance(f"loss {row['sft_loss']:.3f}")),
         )
+    if cfg.item_fit_epochs and data.real_valid:  # the item parts on real recommendations, valid-stopped
+        with progress_bar(cfg.item_fit_epochs, "item fit") as advance:
+            fit_on_real(
+                policy,
+                tok,
+                data,
+                cfg,
+                progress=lambda phase, n, total: advance(f"queries: {phase} {n}/{total}", completed=0),
+                on_epoch=lambda e, row: (tracker.log("item_fit", e, row), advance(fit_info(row), completed=e)),
+            )
     path = out / "sft" / "policy.safetensors"
     save_policy(policy, path)
     return path
@@ -344,20 +355,7 @@ def run_eval(
     result["vs_baselines"] = {name: ppo_vs(r, baseline_ranks, sets, cfg) for name, r in policy_ranks.items()}
     if "ppo" in policy_ranks:
         result["ppo_vs_baselines"] = result["vs_baselines"]["ppo"]
-    kl_rows = Tracker(out).rows("ppo")
-    if kl_rows:
-        result["ppo_kl_final"] = kl_rows[-1]["kl"]
-        for key in ("rm_onpolicy_sentiment_spearman", "rm_fixed_onpolicy_sentiment_spearman"):
-            onp = [x for r in kl_rows if (x := r.get(key)) is not None and x == x]
-            if onp:  # R_phi against the simulator on each new rollout batch, before refitting on it
-                result[key] = {"mean": sum(onp) / len(onp), "last": onp[-1], "n": len(onp)}
-        fixed = [r["reward_fixed_rm"] for r in kl_rows if "reward_fixed_rm" in r]
-        if len(fixed) >= 2 * SMOOTH:  # the fixed offline R_phi's reward per dialogue, early vs late
-            result["reward_fixed_rm"] = {
-                "first": sum(fixed[:SMOOTH]) / SMOOTH,
-                "last": sum(fixed[-SMOOTH:]) / SMOOTH,
-                "iterations": SMOOTH,
-            }
+    result.update(ppo_summary(Tracker(out).rows("ppo")))
     rm_q = out / "rm" / "quality.json"
     if rm_q.exists():
         result["reward_model"] = json.loads(rm_q.read_text())

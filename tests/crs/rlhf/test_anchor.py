@@ -84,6 +84,23 @@ def test_anchor_is_the_kl_to_the_reference(setup):
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_anchor_at_a_temperature_is_the_kl_of_the_sharpened_distributions(setup):
+    policy, tok, prompts, _ = setup
+    other = _perturbed(policy, seed=4)
+    for t in (0.25, 2.0):
+        anchor = AN.ItemAnchor(policy, policy, tok, prompts, max_context=64, batch=3, temperature=t)
+        assert abs(float(anchor.loss(policy).detach())) < 1e-5
+        want = []
+        for p in prompts:
+            r = torch.log_softmax(_naive_catalog_logprobs(policy, tok, p) / t, -1)  # log-softmax is shift-free
+            q = torch.log_softmax(_naive_catalog_logprobs(other, tok, p) / t, -1)
+            want.append((r.exp() * (r - q)).sum())
+        torch.testing.assert_close(anchor.loss(other), torch.stack(want).mean(), rtol=1e-4, atol=1e-5)
+    sharp = AN.ItemAnchor(policy, policy, tok, prompts, max_context=64, batch=3, temperature=0.25)
+    flat = AN.ItemAnchor(policy, policy, tok, prompts, max_context=64, batch=3, temperature=4.0)
+    assert float(sharp.loss(other)) > float(flat.loss(other))  # a sharper view sees more of the move
+
+
 def test_anchor_prompts_are_distinct_real_recommendation_states(setup):
     from crs_fast.crs.data.schema import Dialogue, Turn
 
@@ -116,6 +133,8 @@ def test_bad_arguments(setup):
         AN.ItemAnchor(policy, policy, tok, [], max_context=64)
     with pytest.raises(ValueError, match="batch must be > 0"):
         AN.ItemAnchor(policy, policy, tok, prompts, max_context=64, batch=0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        AN.ItemAnchor(policy, policy, tok, prompts, max_context=64, temperature=0.0)
 
 
 def test_the_anchor_pulls_the_update_towards_the_reference(setup):
@@ -157,3 +176,7 @@ def test_build_anchor_draws_real_contexts_and_keeps_the_chosen_reference(tmp_pat
     assert abs(float(anchor.loss(base).detach())) < 1e-5 and float(anchor.loss(sft).detach()) > 1e-4
     with pytest.raises(ValueError, match="anchor_ref"):
         CF.Config.quick(anchor_ref="reference")
+    with pytest.raises(ValueError, match="anchor_temp"):
+        CF.Config.quick(anchor_temp=0.0)
+    sharp = AN.build_anchor(sft, sft, tok, data, CF.Config.quick(real_data="off", collab_rank=4, anchor_temp=0.2))
+    assert sharp.temperature == 0.2
