@@ -204,6 +204,17 @@ def fit_items(
     return history
 
 
+def draw_contexts(samples: Sequence[Sample], n: int, seed: int) -> list[Sample]:
+    """The samples of ``n`` distinct contexts drawn without replacement (seeded), in their order;
+    all of them with ``n = 0``."""
+    if not n:
+        return list(samples)
+    prompts = list(dict.fromkeys(s.prompt for s in samples))
+    g = torch.Generator().manual_seed(seed)
+    kept = {prompts[i] for i in torch.randperm(len(prompts), generator=g)[:n].tolist()}
+    return [s for s in samples if s.prompt in kept]
+
+
 def fit_info(row: dict) -> str:
     """One epoch's validation figures on one line (progress bars)."""
     return f"valid R@10 {row['valid_recall@10']:.3f}, dedup {row['valid_dedup_recall@10']:.3f}"
@@ -226,12 +237,7 @@ def fit_on_real(
     if cfg.item_fit_epochs <= 0 or not real or not data.real_valid:
         return []
     final = data.dataset == "opendialkg"  # what the evaluation ranks there
-    train_s = real_samples(real, data.catalog, dedup=False)
-    if cfg.item_fit_contexts:
-        prompts = list(dict.fromkeys(s.prompt for s in train_s))
-        g = torch.Generator().manual_seed(cfg.seed)
-        kept = {prompts[i] for i in torch.randperm(len(prompts), generator=g)[: cfg.item_fit_contexts].tolist()}
-        train_s = [s for s in train_s if s.prompt in kept]
+    train_s = draw_contexts(real_samples(real, data.catalog, dedup=False), cfg.item_fit_contexts, cfg.seed)
     std_s = real_samples(data.real_valid, data.catalog, dedup=False, final_only=final)
     ded_s = real_samples(data.real_valid, data.catalog, dedup=True, final_only=final)
     index = {i: n for n, i in enumerate(data.catalog.ids())}

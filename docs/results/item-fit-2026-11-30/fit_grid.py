@@ -18,7 +18,7 @@ import torch
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
 from crs_fast.crs.rlhf.evaluate import real_samples
-from crs_fast.crs.rlhf.item_fit import ITEM_PARTS, Queries, fit_items, queries, split
+from crs_fast.crs.rlhf.item_fit import ITEM_PARTS, Queries, draw_contexts, fit_items, queries, split
 from crs_fast.crs.rlhf.policy import build_policy
 from crs_fast.crs.rlhf.run_io import load_policy
 
@@ -48,12 +48,7 @@ def main() -> None:
         sets = [Queries(**d) for d in torch.load(cache)]
     else:
         real = [d for d in data.train if not d.id.startswith("synth")]
-        train_s = real_samples(real, data.catalog, dedup=False)
-        if a.contexts:
-            prompts = list(dict.fromkeys(s.prompt for s in train_s))
-            g = torch.Generator().manual_seed(cfg.seed)
-            kept = {prompts[i] for i in torch.randperm(len(prompts), generator=g)[: a.contexts].tolist()}
-            train_s = [s for s in train_s if s.prompt in kept]
+        train_s = draw_contexts(real_samples(real, data.catalog, dedup=False), a.contexts, cfg.seed)
         std_s = real_samples(data.real_valid, data.catalog, dedup=False)
         ded_s = real_samples(data.real_valid, data.catalog, dedup=True)
         t0 = time.time()

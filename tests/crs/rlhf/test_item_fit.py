@@ -174,3 +174,13 @@ def test_sft_stage_runs_the_fit_on_real_dialogues_and_logs_each_epoch(tmp_path):
     off = Config.quick(real_data="off", collab_rank=4, sft_steps=2)  # item_fit_epochs 0: nothing logged
     ST.run_sft(off, tmp_path / "off", data=data)
     assert Tracker(tmp_path / "off").rows("item_fit") == []
+
+
+def test_draw_contexts_keeps_whole_contexts_seeded():
+    samples = [Sample(f"p{k % 7}", "x", [], f"d{k}") for k in range(20)]
+    got = IF.draw_contexts(samples, 3, seed=0)
+    assert len({s.prompt for s in got}) == 3
+    assert got == [s for s in samples if s.prompt in {g.prompt for g in got}]  # whole contexts, in order
+    assert IF.draw_contexts(samples, 3, seed=0) == got
+    assert {s.prompt for s in IF.draw_contexts(samples, 3, seed=1)} != {s.prompt for s in got}
+    assert IF.draw_contexts(samples, 0, seed=0) == samples and IF.draw_contexts(samples, 99, seed=0) == samples
