@@ -24,12 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from . import mention
 from .config import Config
 from .corpus import clip_context, pad_right
 from .evaluate import Sample, real_samples
-from .policy import Policy
-
-ITEM_PARTS = ("item_attr.", "item_bias", "item_out", "item_repeat")
+from .policy import ITEM_PARTS, Policy
 
 
 @dataclass
@@ -112,9 +111,8 @@ def split(data: Queries, n: int) -> tuple[Queries, Queries]:
 
 def _marks(ment: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] float: 1 at each row's mentioned catalog indices (``ment`` [B, M], -1 padding)."""
-    out = torch.zeros(len(ment), n + 1, device=ment.device)
-    out.scatter_(1, ment.clamp(min=-1) % (n + 1), 1.0)  # -1 lands in the spare last column
-    return out[:, :n]
+    rows = torch.arange(len(ment), device=ment.device)
+    return mention.item_marks(ment, torch.zeros_like(ment), rows, torch.zeros_like(rows), n)
 
 
 def item_logits(policy: Policy, data: Queries, rows: torch.Tensor | None = None, which=slice(None)) -> torch.Tensor:

@@ -20,6 +20,8 @@ from .config import Config
 from .corpus import CRSData, corpus
 from .lm import add_item_tokens, item_attribute_index, load_lm
 
+ITEM_PARTS = ("item_attr.", "item_bias", "item_out", "item_repeat")  # names of the item parameters (new, at item_lr)
+
 
 class _StopTrunk(Exception):
     """Raised by the pre-hook of the first trained layer: the trunk's output is captured."""
@@ -379,9 +381,8 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
 def param_groups(policy: Policy, lr: float, item_lr: float) -> list[dict[str, Any]]:
     """AdamW groups: the item attribute embeddings, the item bias, the item output rows (new,
     starting at zero) and the mention bonus at ``item_lr``, every other trainable parameter at ``lr``."""
-    new = ("item_attr.", "item_bias", "item_out", "item_repeat")
-    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith(new)]
-    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith(new)]
+    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith(ITEM_PARTS)]
+    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith(ITEM_PARTS)]
     return [g for g in ({"params": rest, "lr": lr}, {"params": item, "lr": item_lr}) if g["params"]]
 
 
