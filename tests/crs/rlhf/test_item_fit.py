@@ -150,7 +150,14 @@ def test_fit_on_real_does_nothing_without_real_data_or_epochs(setup):
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("item_fit_epochs", -1), ("item_fit_lr", 0.0), ("item_fit_wd", -0.1), ("item_fit_batch", 0)]
+    ("key", "value"),
+    [
+        ("item_fit_epochs", -1),
+        ("item_fit_lr", 0.0),
+        ("item_fit_wd", -0.1),
+        ("item_fit_batch", 0),
+        ("item_fit_opt", "adam"),
+    ],
 )
 def test_config_rejects_bad_item_fit_settings(key, value):
     with pytest.raises(ValueError, match=key):
