@@ -24,9 +24,10 @@ FAMILIES = {
 
 # crs_fast.crs.rlhf's layers, top to bottom: a module imports only from earlier layers.
 RLHF_LAYERS = [
-    {"config", "lm", "encoder", "collab", "mention"},
+    {"config", "lm", "encoder", "collab", "mention", "cues"},
     {"corpus", "baselines"},
     {"policy", "reward"},
+    {"build"},
     {"sft", "rollout"},
     {"anchor"},
     {"online_rm", "ppo", "evaluate"},

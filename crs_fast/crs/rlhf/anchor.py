@@ -26,9 +26,10 @@ import torch
 from ..data.schema import Catalog, Dialogue
 from ..data.splits import rec_samples
 from . import mention
+from .build import build_policy, frozen_copy
 from .config import Config
 from .corpus import CRSData, clip_context, pad_right, prompt
-from .policy import Policy, build_policy, frozen_copy
+from .policy import Policy
 
 
 def catalog_logprobs(

@@ -64,3 +64,19 @@ def cooccurrence_factors(
         u, s, v = torch.svd_lowrank(log_n, q=min(r, size), niter=4)
     root = s.clamp(min=0).sqrt()
     return (u * root).float().contiguous(), (v * root).float().contiguous()
+
+
+def decayed_sums(p: torch.Tensor, items: torch.Tensor, first: torch.Tensor, length: int, decay: float) -> torch.Tensor:
+    """[B, T, r] with ``T = length``: at position ``t``, ``sum_k decay^(K_t - 1 - k) p[items[b, k]]``
+    over the items ``k`` first mentioned at or before ``t`` (``first[b, k] <= t``), ``K_t`` how many
+    they are: the most recent item weighs 1, the one before it ``decay``, and so on. ``items``,
+    ``first`` [B, M] as from :func:`~crs_fast.crs.rlhf.mention.mentioned_items` (first-mention
+    order, ``-1`` / ``T`` padding); ``decay = 1`` is the plain sum. Exact for any number of items
+    (weights are formed per pair, not as a running product)."""
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    t = torch.arange(length, device=first.device)
+    seen = first[:, None, :] <= t[None, :, None]  # [B, T, M]
+    later = seen.sum(-1, keepdim=True) - 1 - torch.arange(first.shape[1], device=first.device)  # K_t - 1 - k
+    w = torch.where(seen, torch.pow(decay, later.clamp(min=0).to(p.dtype)), torch.zeros((), dtype=p.dtype))
+    return w @ p[items.clamp(min=0)]

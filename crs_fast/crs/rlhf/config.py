@@ -127,6 +127,7 @@ _CFG_NON_NEGATIVE = [
     "collab_weight",
     "mention_bonus",
     "item_prior",
+    "genre_cues",
     "anchor_kl",
     "anchor_contexts",
     "item_fit_epochs",
@@ -150,6 +151,8 @@ class Config:
     collab_weight: float = 1.0  # scale of the co-occurrence score in the item logits
     item_prior: float = 0.1  # the item bias starts at item_prior * log(1 + training mentions) (with collab_rank)
     mention_bonus: float = 3.0  # logit bonus (learned from this value) of items already mentioned; 0 off
+    collab_decay: float = 1.0  # in (0, 1]: the context's items weigh decay^(items mentioned after them); 1 plain sum
+    genre_cues: float = 0.0  # weight of the genres named by the dialogue's words in the item logits (collab_rank > 0)
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 0  # ReDial training dialogues (train_data, then train_extra); 0: all of them
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)
@@ -161,6 +164,7 @@ class Config:
     sft_lr: float = 5e-4
     item_lr: float = 1e-5  # SFT lr of the item parts: attribute embeddings, output rows, bias (new, starting at zero)
     ppo_item_lr: float = 3e-4
+    ppo_freeze_rows: bool = False  # PPO leaves the learned item rows and attribute embeddings as SFT left them
     item_fit_epochs: int = 0  # after SFT: epochs fitting the item parts on real recommendations (valid-stopped); 0 off
     item_fit_lr: float = 1e-3  # its learning rate
     item_fit_opt: str = "sgd"  # its optimiser: "sgd" (momentum 0.9) or "adamw"
@@ -241,6 +245,8 @@ class Config:
         for name in _CFG_NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.collab_decay <= 1:
+            raise ValueError(f"Config.collab_decay: expected a value in (0, 1], got {self.collab_decay!r}")
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"Config.{name}: expected a value in [0, 1], got {getattr(self, name)!r}")

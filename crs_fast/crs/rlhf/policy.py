@@ -7,18 +7,15 @@ score) and every hidden state the matching context features."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from ... import ops
+from . import collab as collab_mod
+from . import cues as cues_mod
 from . import mention
-from .collab import cooccurrence_counts, cooccurrence_factors
-from .config import Config
-from .corpus import CRSData, corpus
-from .lm import add_item_tokens, item_attribute_index, load_lm
 
 ITEM_PARTS = ("item_attr.", "item_bias", "item_out", "item_repeat")  # names of the item parameters (new, at item_lr)
 
@@ -56,6 +53,12 @@ class Policy(nn.Module):
     ``w_i`` are then their own parameters (:attr:`item_out`) starting at zero: the policy starts
     as the co-occurrence recommender (title-mean rows drowned its score; docs/recommender.md).
 
+    ``collab_decay = g < 1`` weighs the context's items by recency: ``sum_{c in S_t} g^age_c P_c``
+    with ``age_c`` the number of distinct items first mentioned after ``c``
+    (:func:`~crs_fast.crs.rlhf.collab.decayed_sums`). ``cues = (token_cue [V], A [I, G])`` adds the
+    genres the dialogue's words name, ``cue_weight * sum_g [g named up to t] A_ig``, as ``G`` more
+    columns (:mod:`~crs_fast.crs.rlhf.cues`; with ``collab`` only).
+
     ``mention_bonus = beta`` (not None) adds a learned scalar :attr:`item_repeat` (starting at
     ``beta``) to the logit of every item already mentioned, ``+ beta [i in S_t]``: recommenders
     re-mention items (about a tenth of ReDial's recommendation samples), which no low-rank term
@@ -73,6 +76,9 @@ class Policy(nn.Module):
         collab_weight: float = 1.0,
         mention_bonus: float | None = None,
         item_prior: torch.Tensor | None = None,
+        collab_decay: float = 1.0,
+        cues: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cue_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -123,6 +129,16 @@ class Policy(nn.Module):
             prior = torch.zeros(len(item_ids)) if item_prior is None else item_prior.detach().float().clone()
             self.item_bias = nn.Parameter(prior)
             self.item_out = nn.Parameter(torch.zeros(len(item_ids), hidden))
+        if not 0 < collab_decay <= 1:
+            raise ValueError(f"collab_decay must be in (0, 1], got {collab_decay}")
+        self.collab_decay = float(collab_decay)
+        cue_cols = torch.zeros(len(item_ids), 0)
+        if cues is not None:
+            if collab is None or tuple(cues[0].shape) != (len(index),) or cues[1].shape[0] != len(item_ids):
+                raise ValueError(f"cues need collab factors, token_cue [{len(index)}] and A [{len(item_ids)}, G]")
+            self.register_buffer("token_cue", cues[0].to(torch.int64).clone(), persistent=False)
+            cue_cols = cue_weight * cues[1].detach().float()
+        self.register_buffer("cue_cols", cue_cols.clone(), persistent=False)  # [I, G]: cue_weight * A; G = 0: none
         self.item_repeat: nn.Parameter | None = None
         if mention_bonus is not None:
             if not torch.isfinite(torch.tensor(float(mention_bonus))):
@@ -149,8 +165,8 @@ class Policy(nn.Module):
         return self.item_attr(self.attr_values, self.attr_offsets, per_sample_weights=self.attr_weights)
 
     def _item_extra(self) -> torch.Tensor:
-        """The items' extra head columns [I, 1 + r]: bias, then ``collab_weight * Q``."""
-        return torch.cat([self.item_bias[:, None], self.collab_q], 1)
+        """The items' extra head columns [I, 1 + r + G]: bias, ``collab_weight * Q``, the cue columns."""
+        return torch.cat([self.item_bias[:, None], self.collab_q, self.cue_cols], 1)
 
     def head(self) -> torch.Tensor:
         """The LM head's weight [V, H (+ 1 + r)]: the items' attribute part added to their rows
@@ -168,7 +184,7 @@ class Policy(nn.Module):
 
     def item_bias_dims(self) -> int:
         """How many columns the co-occurrence part adds to the head (0 without it)."""
-        return 0 if self.item_bias is None else 1 + self.collab_p.shape[1]
+        return 0 if self.item_bias is None else 1 + self.collab_p.shape[1] + self.cue_cols.shape[1]
 
     def item_rows(self) -> torch.Tensor:
         """The item rows of :meth:`head` [I, H (+ 1 + r)], without building the whole head."""
@@ -178,17 +194,25 @@ class Policy(nn.Module):
         return rows if self.item_bias is None else torch.cat([rows, self._item_extra().to(rows.dtype)], 1)
 
     def context_features(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """The states' extra features [B, T, 1 + r] (None without co-occurrence factors): at
-        position ``t``, 1 and the sum of ``P`` over the distinct items among ``input_ids[:, :t+1]``
-        (padding is not an item, so either side of padding works)."""
+        """The states' extra features [B, T, 1 + r + G] (None without co-occurrence factors): at
+        position ``t``, 1, the (recency-weighted) sum of ``P`` over the distinct items among
+        ``input_ids[:, :t+1]`` and the genres named so far (padding is not an item, so either side
+        of padding works)."""
         if self.item_bias is None:
             return None
         B, T = input_ids.shape
-        at, item = mention.first_mentions(self.item_index, input_ids)
-        rows = torch.zeros(B * T, self.collab_p.shape[1], dtype=self.collab_p.dtype, device=input_ids.device)
-        rows[at] = self.collab_p[item]
-        ones = torch.ones(B, T, 1, dtype=rows.dtype, device=input_ids.device)
-        return torch.cat([ones, rows.view(B, T, -1).cumsum(1)], -1)
+        if self.collab_decay == 1.0:
+            at, item = mention.first_mentions(self.item_index, input_ids)
+            rows = torch.zeros(B * T, self.collab_p.shape[1], dtype=self.collab_p.dtype, device=input_ids.device)
+            rows[at] = self.collab_p[item]
+            sums = rows.view(B, T, -1).cumsum(1)
+        else:
+            sums = collab_mod.decayed_sums(self.collab_p, *self.mentioned_items(input_ids), T, self.collab_decay)
+        ones = torch.ones(B, T, 1, dtype=sums.dtype, device=input_ids.device)
+        feats = [ones, sums]
+        if self.cue_cols.shape[1]:
+            feats.append(cues_mod.context_cues(self.token_cue, input_ids, self.cue_cols.shape[1]).to(sums.dtype))
+        return torch.cat(feats, -1)
 
     def mentioned_items(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(items, first) [B, M]: :func:`~crs_fast.crs.rlhf.mention.mentioned_items` of ``input_ids``."""
@@ -346,49 +370,3 @@ class Policy(nn.Module):
         val, idx = ops.topk_scores(q, items, k=k, exclude=ban)
         score = (q[:, None, :] * items[ment.clamp(min=0)]).sum(-1) + self.item_repeat.detach().float()
         return mention.merge_topk(val, idx, score, ment, k)
-
-
-def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
-    """The base policy (item tokens added, value head) and its tokenizer."""
-    lm, tok = load_lm(cfg.model, corpus(data) if cfg.model == "tiny" else (), seed=cfg.seed)
-    item_ids = add_item_tokens(lm, tok, data.catalog)
-    if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        lm = get_peft_model(
-            lm, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules=["q_proj", "v_proj"])
-        )
-    torch.manual_seed(cfg.seed)
-    attrs = item_attribute_index(data.catalog) if cfg.item_features else None
-    collab = prior = None
-    if cfg.collab_rank:  # counted once: the factors' pairs and the prior's mentions
-        n, mentions = cooccurrence_counts(data.train, data.catalog)
-        collab = cooccurrence_factors(data.train, data.catalog, cfg.collab_rank, cfg.seed, counts=n)
-        prior = cfg.item_prior * torch.log1p(mentions)
-    policy = Policy(
-        lm,
-        item_ids,
-        train_layers=0 if cfg.lora_r > 0 else cfg.train_layers,
-        item_attrs=attrs,
-        collab=collab,
-        collab_weight=cfg.collab_weight,
-        mention_bonus=cfg.mention_bonus if cfg.mention_bonus else None,
-        item_prior=prior,
-    )
-    return policy, tok
-
-
-def param_groups(policy: Policy, lr: float, item_lr: float) -> list[dict[str, Any]]:
-    """AdamW groups: the item attribute embeddings, the item bias, the item output rows (new,
-    starting at zero) and the mention bonus at ``item_lr``, every other trainable parameter at ``lr``."""
-    item = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith(ITEM_PARTS)]
-    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith(ITEM_PARTS)]
-    return [g for g in ({"params": rest, "lr": lr}, {"params": item, "lr": item_lr}) if g["params"]]
-
-
-def frozen_copy(policy: Policy) -> Policy:
-    """The reference policy: a frozen copy."""
-    ref = copy.deepcopy(policy)
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref.eval()

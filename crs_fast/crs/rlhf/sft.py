@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import torch
 
+from .build import param_groups
 from .config import Config
 from .corpus import CRSData, encode_pair, pad_right, sft_pairs
-from .policy import Policy, param_groups
+from .policy import Policy
 
 
 def sft(

@@ -14,11 +14,11 @@ import time
 
 import torch
 
+from crs_fast.crs.rlhf.build import build_policy
 from crs_fast.crs.rlhf.collab import cooccurrence_counts
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
 from crs_fast.crs.rlhf.evaluate import TrunkCache, ranks, real_samples, top_lists
-from crs_fast.crs.rlhf.policy import build_policy
 
 
 def main(ds: str, betas: list[float], priors: list[float]) -> None:

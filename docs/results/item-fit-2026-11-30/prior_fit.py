@@ -15,11 +15,11 @@ import sys
 
 import torch
 
+from crs_fast.crs.rlhf.build import build_policy
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
 from crs_fast.crs.rlhf.evaluate import real_samples
 from crs_fast.crs.rlhf.item_fit import ITEM_PARTS, fit_items, queries, split
-from crs_fast.crs.rlhf.policy import build_policy
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ import argparse
 import pathlib
 
 from crs_fast.crs.rlhf import stages
+from crs_fast.crs.rlhf.build import param_groups
 from crs_fast.crs.rlhf.config import Config
-from crs_fast.crs.rlhf.policy import param_groups
 
 
 def groups_without_rows(policy, lr, item_lr):

@@ -17,11 +17,11 @@ import pathlib
 
 import torch
 
+from crs_fast.crs.rlhf.build import build_policy
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import clip_context, pad_right, prepare_data
 from crs_fast.crs.rlhf.encoder import SentenceEncoder
 from crs_fast.crs.rlhf.evaluate import cluster_bootstrap_diff, real_samples
-from crs_fast.crs.rlhf.policy import build_policy
 from crs_fast.crs.rlhf.reward import Scorer
 from crs_fast.crs.rlhf.run_io import load_policy, load_reward_model
 

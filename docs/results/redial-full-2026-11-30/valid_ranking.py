@@ -13,6 +13,7 @@ import argparse
 import pathlib
 
 from crs_fast.crs.rlhf.baselines import Baselines, baseline_lists, sample_key
+from crs_fast.crs.rlhf.build import build_policy
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
 from crs_fast.crs.rlhf.evaluate import (
@@ -24,7 +25,6 @@ from crs_fast.crs.rlhf.evaluate import (
     real_samples,
     top_lists,
 )
-from crs_fast.crs.rlhf.policy import build_policy
 from crs_fast.crs.rlhf.run_io import load_policy
 
 

@@ -10,6 +10,7 @@ import torch
 from helpers import tiny_item_lm
 
 from crs_fast.crs.rlhf import anchor as AN
+from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
 from crs_fast.crs.rlhf import policy as PO
@@ -141,7 +142,7 @@ def test_the_anchor_pulls_the_update_towards_the_reference(setup):
     """Gradient steps on a loss that moves the item rows away from the reference: with the anchor
     added, the catalog distribution at the anchor's contexts ends closer to the reference."""
     policy, tok, prompts, _ = setup
-    ref = PO.frozen_copy(policy)
+    ref = BU.frozen_copy(policy)
     target = torch.randn(policy.item_out.shape, generator=torch.Generator().manual_seed(5))
     ends = []
     for weight in (0.0, 10.0):
@@ -163,7 +164,7 @@ def test_build_anchor_draws_real_contexts_and_keeps_the_chosen_reference(tmp_pat
 
     cfg = CF.Config.quick(real_data="off", collab_rank=4, anchor_contexts=6)
     data = CO.prepare_data(cfg, tmp_path)
-    base, tok = PO.build_policy(cfg, data)
+    base, tok = BU.build_policy(cfg, data)
     sft = _perturbed(base, scale=0.2)  # stands for the SFT policy, PPO's reference
     assert AN.build_anchor(sft, sft, tok, data, cfg) is None  # generated data only: no real contexts
     for d in data.train[:20]:

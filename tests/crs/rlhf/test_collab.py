@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import next_token_logits, tiny_item_lm
 
+from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import collab as CB
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
@@ -112,7 +113,7 @@ def test_item_bias_trains_and_zero_weight_is_the_plain_policy(setup):
         assert p_.grad is not None and p_.grad.abs().sum() > 0
     assert not policy.collab_p.requires_grad and {"item_bias", "item_out"} <= {
         n
-        for g in PO.param_groups(policy, 1e-3, 2e-3)
+        for g in BU.param_groups(policy, 1e-3, 2e-3)
         if g["lr"] == 2e-3
         for n, p_ in policy.named_parameters()
         if any(p_ is t for t in g["params"])
@@ -132,7 +133,7 @@ def test_build_policy_uses_the_training_dialogues_cooccurrence(tmp_path):
 
     cfg = Config.quick(real_data="off", collab_rank=4)
     data = CO.prepare_data(cfg, tmp_path)
-    policy, _ = PO.build_policy(cfg, data)
+    policy, _ = BU.build_policy(cfg, data)
     p, q = CB.cooccurrence_factors(data.train, data.catalog, 4, cfg.seed)
     torch.testing.assert_close(policy.collab_p, p)
     assert policy.item_bias_dims() == 5
@@ -140,11 +141,11 @@ def test_build_policy_uses_the_training_dialogues_cooccurrence(tmp_path):
     _, mentions = CB.cooccurrence_counts(data.train, data.catalog)
     assert mentions.max() > mentions.min()
     torch.testing.assert_close(policy.item_bias.detach(), cfg.item_prior * torch.log1p(mentions))
-    flat, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=4, item_prior=0.0), data)
+    flat, _ = BU.build_policy(Config.quick(real_data="off", collab_rank=4, item_prior=0.0), data)
     assert not flat.item_bias.any()
     with pytest.raises(ValueError, match=r"item_prior must be \["):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, p), item_prior=torch.zeros(3))
-    off, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=0), data)
+    off, _ = BU.build_policy(Config.quick(real_data="off", collab_rank=0), data)
     assert off.item_bias is None
 
 

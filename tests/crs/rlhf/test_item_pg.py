@@ -11,6 +11,7 @@ import torch
 
 from crs_fast.crs.data import generate_catalog
 from crs_fast.crs.rlhf import anchor as AN
+from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import config as CF
 from crs_fast.crs.rlhf import evaluate as E
 from crs_fast.crs.rlhf import lm as LM
@@ -124,7 +125,7 @@ def test_make_batch_gives_item_advantages_at_each_turn_start():
     lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi try"])
     ids = LM.add_item_tokens(lm, tok, catalog)
     policy = PO.Policy(lm, ids).eval()
-    ref = PO.frozen_copy(policy)
+    ref = BU.frozen_copy(policy)
     with torch.no_grad():  # the policy differs from the reference, so the KL term matters
         policy.lm.get_output_embeddings().weight[ids] += 0.3 * torch.randn(len(ids), lm.config.hidden_size)
     user = tok("User : hi System :", add_special_tokens=False)["input_ids"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import next_token_logits, tiny_item_lm
 
+from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
 from crs_fast.crs.rlhf import policy as PO
@@ -125,16 +126,16 @@ def test_build_policy_switch_groups_and_errors(setup, tmp_path):
     from crs_fast.crs.rlhf.config import Config
 
     policy, x, attn = setup
-    groups = PO.param_groups(policy, 1e-3, 2e-3)
+    groups = BU.param_groups(policy, 1e-3, 2e-3)
     named = {
         n for g in groups if g["lr"] == 2e-3 for n, p in policy.named_parameters() if any(p is t for t in g["params"])
     }
     assert "item_repeat" in named
     cfg = Config.quick(real_data="off", collab_rank=4)
     data = CO.prepare_data(cfg, tmp_path)
-    on, tok = PO.build_policy(cfg, data)
+    on, tok = BU.build_policy(cfg, data)
     assert on.item_repeat is not None and float(on.item_repeat.detach()) == cfg.mention_bonus > 0
-    off, _ = PO.build_policy(Config.quick(real_data="off", collab_rank=4, mention_bonus=0.0), data)
+    off, _ = BU.build_policy(Config.quick(real_data="off", collab_rank=4, mention_bonus=0.0), data)
     items = [LM.item_token(i) for i in data.catalog.ids()[:3]]
     text = f"User : {items[0]} and {items[1]} System : {items[2]} or {items[0]}"
     x, attn = CO.pad_right([tok(text, add_special_tokens=False)["input_ids"]], tok.pad_token_id)

@@ -6,10 +6,10 @@ import pathlib
 import pytest
 import torch
 
+from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import config as CF
 from crs_fast.crs.rlhf import corpus as CO
 from crs_fast.crs.rlhf import lm as LM
-from crs_fast.crs.rlhf import policy as PO
 from crs_fast.crs.rlhf import sft as SFT
 
 pytest.importorskip("transformers")
@@ -24,7 +24,7 @@ def data(tmp_path_factory):
 def test_lora_trains_only_the_adapters_value_head_and_item_parts(data):
     pytest.importorskip("peft")
     cfg = CF.Config.quick(real_data="off", lora_r=4, sft_steps=3, sft_epochs=1, sft_batch=4)
-    policy, tok = PO.build_policy(cfg, data)
+    policy, tok = BU.build_policy(cfg, data)
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable, "nothing to train"
     for name in trainable:
@@ -56,7 +56,7 @@ def test_a_local_model_directory_loads_as_the_policy(data, tmp_path):
     assert tok2("hello , I like comedy movies", add_special_tokens=False)["input_ids"] == ids[0].tolist()
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, lm(ids).logits)
-    policy, _ = PO.build_policy(CF.Config.quick(real_data="off", model=str(directory)), data)
+    policy, _ = BU.build_policy(CF.Config.quick(real_data="off", model=str(directory)), data)
     assert len(policy.item_ids) == len(data.catalog)
     with pytest.raises(FileNotFoundError, match="expected 'smollm2', 'tiny' or a local model directory"):
         LM.load_lm(str(pathlib.Path(tmp_path) / "missing"))
