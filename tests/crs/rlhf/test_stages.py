@@ -1,6 +1,7 @@
 """The pipeline's stages on the tiny model: SFT and R_phi quality, PPO interrupted and resumed,
 DDP over two processes, the quick demo's outputs, and the KL-optimum analysis."""
 
+import dataclasses
 import json
 import math
 import os
@@ -58,6 +59,19 @@ def test_interrupted_and_resumed_ppo_ends_like_an_uninterrupted_run(trained, tmp
     for x, y in zip(ra, rb, strict=True):
         for key in ("reward", "kl", "value_loss", "policy_loss", "item_loss"):
             assert math.isclose(x[key], y[key], rel_tol=1e-4, abs_tol=1e-6), (key, x[key], y[key])
+
+
+def test_ppo_with_frozen_rows_keeps_sfts_item_rows(trained, tmp_path, encoder):
+    cfg, out, _ = trained
+    _copy_stages(out, tmp_path)
+    frozen = dataclasses.replace(cfg, ppo_freeze_rows=True, ppo_iters=1)
+    policy = ST.run_ppo(frozen, tmp_path, encoder=encoder)
+    _, sft_policy, _ = ST.setup_stage(cfg, tmp_path)
+    IO.load_policy(sft_policy, tmp_path / "sft" / "policy.safetensors")
+    after, before = dict(policy.named_parameters()), dict(sft_policy.named_parameters())
+    rows = [n for n in after if n.startswith(("item_out", "item_attr."))]
+    assert rows and all(torch.equal(after[n], before[n]) for n in rows)
+    assert not torch.equal(after["item_bias"], before["item_bias"])  # the other item parts still train
 
 
 def test_two_process_ddp_step_keeps_ranks_identical(trained, tmp_path, small):
