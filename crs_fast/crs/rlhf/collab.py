@@ -78,5 +78,5 @@ def decayed_sums(p: torch.Tensor, items: torch.Tensor, first: torch.Tensor, leng
     t = torch.arange(length, device=first.device)
     seen = first[:, None, :] <= t[None, :, None]  # [B, T, M]
     later = seen.sum(-1, keepdim=True) - 1 - torch.arange(first.shape[1], device=first.device)  # K_t - 1 - k
-    w = torch.where(seen, torch.pow(decay, later.clamp(min=0).to(p.dtype)), torch.zeros((), dtype=p.dtype))
+    w = torch.pow(decay, later.clamp(min=0).to(p.dtype)) * seen
     return w @ p[items.clamp(min=0)]
