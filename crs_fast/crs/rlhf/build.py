@@ -17,6 +17,7 @@ from .lm import add_item_tokens, item_attribute_index, load_lm
 from .policy import ITEM_PARTS, Policy
 
 ROW_PARTS = ("item_out", "item_attr.")  # the learned item rows: output rows and attribute embeddings
+FROZEN = {"none": (), "rows": ROW_PARTS, "items": ITEM_PARTS}  # Config.ppo_freeze -> the parts PPO leaves
 
 
 def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:

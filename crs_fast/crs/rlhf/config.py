@@ -164,7 +164,7 @@ class Config:
     sft_lr: float = 5e-4
     item_lr: float = 1e-5  # SFT lr of the item parts: attribute embeddings, output rows, bias (new, starting at zero)
     ppo_item_lr: float = 3e-4
-    ppo_freeze_rows: bool = False  # PPO leaves the learned item rows and attribute embeddings as SFT left them
+    ppo_freeze: str = "none"  # item parts PPO leaves as SFT left them: "none", "rows" (rows, attributes), "items" (all)
     item_fit_epochs: int = 0  # after SFT: epochs fitting the item parts on real recommendations (valid-stopped); 0 off
     item_fit_lr: float = 1e-3  # its learning rate
     item_fit_opt: str = "sgd"  # its optimiser: "sgd" (momentum 0.9) or "adamw"
@@ -259,6 +259,8 @@ class Config:
             raise ValueError(f"Config.real_data: expected 'auto', 'on' or 'off', got {self.real_data!r}")
         if self.item_fit_opt not in ("sgd", "adamw"):
             raise ValueError(f"Config.item_fit_opt: expected 'sgd' or 'adamw', got {self.item_fit_opt!r}")
+        if self.ppo_freeze not in ("none", "rows", "items"):
+            raise ValueError(f"Config.ppo_freeze: expected 'none', 'rows' or 'items', got {self.ppo_freeze!r}")
         if self.anchor_ref not in ("sft", "base"):
             raise ValueError(f"Config.anchor_ref: expected 'sft' or 'base', got {self.anchor_ref!r}")
 

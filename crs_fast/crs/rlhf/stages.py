@@ -20,7 +20,7 @@ import torch
 
 from ..data.schema import DataError
 from .anchor import build_anchor
-from .build import ROW_PARTS, build_policy, frozen_copy, param_groups
+from .build import FROZEN, build_policy, frozen_copy, param_groups
 from .compare import evaluate_baselines, hits, ppo_vs, sample_sets
 from .config import Config
 from .corpus import CRSData, prepare_data, prompt, test_dialogues
@@ -153,7 +153,7 @@ def run_ppo(
             raise FileNotFoundError(f"{feats} not found: rerun `crs-fast train-rm` (online R_phi refits need it)")
         off = load_file(str(feats))
         online = OnlineRM(scorer.rm, cfg, off["x"], off["y"])
-    frozen = ROW_PARTS if cfg.ppo_freeze_rows else ()
+    frozen = FROZEN[cfg.ppo_freeze]
     opt = torch.optim.AdamW(param_groups(policy, cfg.ppo_lr, cfg.ppo_item_lr, frozen), weight_decay=0.0)
     ctl = (
         AdaptiveKLController(cfg.kl_beta, cfg.kl_target, cfg.kl_horizon)

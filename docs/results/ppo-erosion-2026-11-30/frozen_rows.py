@@ -1,4 +1,4 @@
-"""PPO with the learned item rows frozen (the experiment behind `ppo_freeze_rows`, now a Config option).
+"""PPO with the learned item rows frozen (the experiment behind `ppo_freeze = "rows"`, now a Config option).
 
     python docs/results/ppo-erosion-2026-11-30/frozen_rows.py RUN_DIR [--set KEY=VALUE ...]
 

@@ -161,7 +161,7 @@ def test_policy_and_config_errors(setup):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, q), cues=(token_cue[:-1], a))
     with pytest.raises(ValueError, match="collab_decay must be in"):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, q), collab_decay=0.0)
-    for key, bad in (("collab_decay", 0.0), ("collab_decay", 1.2), ("genre_cues", -0.5)):
+    for key, bad in (("collab_decay", 0.0), ("collab_decay", 1.2), ("genre_cues", -0.5), ("ppo_freeze", "bias")):
         with pytest.raises(ValueError, match=f"Config.{key}"):
             Config(**{key: bad})
 
@@ -181,7 +181,8 @@ def test_build_policy_switches(tmp_path):
 def test_frozen_rows_leave_ppo_groups(setup):
     catalog, policy, *_ = setup
     policy.zero_grad()
-    groups = BU.param_groups(policy, 1e-3, 2e-3, frozen=BU.ROW_PARTS)
+    assert BU.FROZEN["rows"] == BU.ROW_PARTS and BU.FROZEN["items"] == PO.ITEM_PARTS and not BU.FROZEN["none"]
+    groups = BU.param_groups(policy, 1e-3, 2e-3, frozen=BU.FROZEN["rows"])
     in_groups = {id(t) for g in groups for t in g["params"]}
     for name, prm in policy.named_parameters():
         if name.startswith(BU.ROW_PARTS):

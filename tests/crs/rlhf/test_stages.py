@@ -64,7 +64,7 @@ def test_interrupted_and_resumed_ppo_ends_like_an_uninterrupted_run(trained, tmp
 def test_ppo_with_frozen_rows_keeps_sfts_item_rows(trained, tmp_path, encoder):
     cfg, out, _ = trained
     _copy_stages(out, tmp_path)
-    frozen = dataclasses.replace(cfg, ppo_freeze_rows=True, ppo_iters=1)
+    frozen = dataclasses.replace(cfg, ppo_freeze="rows", ppo_iters=1)
     policy = ST.run_ppo(frozen, tmp_path, encoder=encoder)
     _, sft_policy, _ = ST.setup_stage(cfg, tmp_path)
     IO.load_policy(sft_policy, tmp_path / "sft" / "policy.safetensors")
