@@ -3,7 +3,7 @@ from ``crs_fast.linear_logprobs`` on the final hidden states and the LM head (no
 the catalog ranking from ``crs_fast.topk_scores`` over the item rows of the LM head; only the
 top ``train_layers`` decoder layers train, over a frozen trunk computed once per batch. With
 co-occurrence factors the head gains 1 + r columns (a learned item bias and the collaborative
-score) and every hidden state the matching context features."""
+score), with genre cues G more, and every hidden state the matching context features."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ class Policy(nn.Module):
         return torch.cat([self.item_bias[:, None], self.collab_q, self.cue_cols], 1)
 
     def head(self) -> torch.Tensor:
-        """The LM head's weight [V, H (+ 1 + r)]: the items' attribute part added to their rows
+        """The LM head's weight [V, H (+ 1 + r + G)]: the items' attribute part added to their rows
         when the policy has one; with co-occurrence factors, the item rows from :attr:`item_out`
         and the bias and co-occurrence columns (zero for text tokens)."""
         w = self._token_head()
@@ -183,11 +183,11 @@ class Policy(nn.Module):
         return torch.cat([w, extra.index_copy(0, self.item_ids, self._item_extra().to(w.dtype))], 1)
 
     def item_bias_dims(self) -> int:
-        """How many columns the co-occurrence part adds to the head (0 without it)."""
+        """How many columns the co-occurrence part (bias, factors, genre cues) adds to the head (0 without it)."""
         return 0 if self.item_bias is None else 1 + self.collab_p.shape[1] + self.cue_cols.shape[1]
 
     def item_rows(self) -> torch.Tensor:
-        """The item rows of :meth:`head` [I, H (+ 1 + r)], without building the whole head."""
+        """The item rows of :meth:`head` [I, H (+ 1 + r + G)], without building the whole head."""
         rows = self._token_head()[self.item_ids] if self.item_bias is None else self.item_out
         if self.item_attr is not None:
             rows = rows + self._item_content().to(rows.dtype)
