@@ -340,7 +340,7 @@ class Policy(nn.Module):
 
     def next_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
         """The final hidden state after each row's last real token (rows right-padded) [B, H (+ 1 +
-        r)], with the context features when the policy has them: what the LM head scores the next
+        r + G)], with the context features when the policy has them: what the LM head scores the next
         token from."""
         h = self.with_features(self.hidden(input_ids, attention_mask, state), input_ids)
         return h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
