@@ -1,11 +1,12 @@
-"""The untrained policy's item ranking on ReDial's validation dialogues with recency weighting and
-genre cues (the library's own code, no LM forward: exact while the item rows are zero).
+"""The untrained policy's item ranking on a real dataset's validation dialogues with recency weighting
+and genre cues (the library's own code, no LM forward: exact while the item rows are zero).
 
-    python docs/results/dedup-signal-2026-12-01/policy_cues.py [valid|test]
+    python docs/results/dedup-signal-2026-12-01/policy_cues.py [valid|test] [redial|opendialkg]
 
-Builds the policy once (``collab_decay``, ``genre_cues`` on) and varies both in place; prints
-Recall@10 standard / dedup per setting and the share of prompts whose tokens name a genre.
-Run on ``valid`` to choose; ``test`` only to report the chosen setting.
+The dataset's settings of ``configs/full.toml`` (rank, prior). Builds the policy once
+(``collab_decay``, ``genre_cues`` on) and varies both in place; prints Recall@10 standard /
+dedup per setting and the share of prompts whose tokens name a genre. Run on ``valid`` to
+choose; ``test`` only to report the chosen setting.
 """
 
 import pathlib
@@ -22,15 +23,16 @@ from crs_fast.crs.rlhf.item_fit import queries, recall
 SETTINGS = [(1.0, 0.0), (0.7, 0.0), (1.0, 0.25), (0.7, 0.25), (0.7, 0.5), (0.5, 0.25), (0.7, 0.125)]
 
 
-def main(split: str) -> None:
-    cfg = Config(dataset="redial", collab_decay=0.7, genre_cues=1.0)
-    data = prepare_data(cfg, pathlib.Path("runs/score_grid/redial"))
+def main(split: str, dataset: str) -> None:
+    cfg = Config.load("configs/full.toml", dataset=dataset, collab_decay=0.7, genre_cues=1.0)
+    data = prepare_data(cfg, pathlib.Path(f"runs/score_grid/{dataset}"))
     policy, tok = build_policy(cfg, data)
     policy.eval()
     index = {i: n for n, i in enumerate(data.catalog.ids())}
     dialogues = data.real_valid if split == "valid" else data.real_test
     cues = policy.cue_cols.clone()
-    sets = {d: real_samples(dialogues, data.catalog, dedup=d) for d in (False, True)}
+    final = dataset == "opendialkg"  # its evaluation protocol: each dialogue's final turn
+    sets = {d: real_samples(dialogues, data.catalog, dedup=d, final_only=final) for d in (False, True)}
     prompts = list(dict.fromkeys(s.prompt for s in sets[False]))
     named = sum(bool((policy.token_cue[tok(p)["input_ids"]] >= 0).any()) for p in prompts) / len(prompts)
     print(f"{split}: {len(sets[False])} / {len(sets[True])} samples; {named:.2f} of prompts name a genre")
@@ -43,4 +45,4 @@ def main(split: str) -> None:
 
 if __name__ == "__main__":
     with torch.no_grad():
-        main(sys.argv[1] if len(sys.argv) > 1 else "valid")
+        main(sys.argv[1] if len(sys.argv) > 1 else "valid", sys.argv[2] if len(sys.argv) > 2 else "redial")
