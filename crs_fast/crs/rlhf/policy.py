@@ -136,6 +136,8 @@ class Policy(nn.Module):
         if cues is not None:
             if collab is None or tuple(cues[0].shape) != (len(index),) or cues[1].shape[0] != len(item_ids):
                 raise ValueError(f"cues need collab factors, token_cue [{len(index)}] and A [{len(item_ids)}, G]")
+            if not (torch.isfinite(cues[1]).all() and torch.isfinite(torch.tensor(float(cue_weight)))):
+                raise ValueError(f"cue_weight and the cue weights A must be finite, got cue_weight={cue_weight}")
             self.register_buffer("token_cue", cues[0].to(torch.int64).clone(), persistent=False)
             cue_cols = cue_weight * cues[1].detach().float()
         self.register_buffer("cue_cols", cue_cols.clone(), persistent=False)  # [I, G]: cue_weight * A; G = 0: none

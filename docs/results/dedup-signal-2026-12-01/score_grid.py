@@ -19,7 +19,6 @@ choose; ``test`` only to report a chosen setting.
 
 import itertools
 import pathlib
-import random
 import re
 import sys
 
@@ -28,7 +27,7 @@ import torch
 from crs_fast.crs.rlhf.collab import cooccurrence_counts, cooccurrence_factors
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
-from crs_fast.crs.rlhf.evaluate import real_samples
+from crs_fast.crs.rlhf.evaluate import cluster_bootstrap_diff, real_samples
 from crs_fast.crs.rlhf.lm import ITEM_RE, item_attribute_index
 
 GENRE_WORDS = {
@@ -122,20 +121,6 @@ def main(split: str, grid: str) -> None:
             out.append(float((sc > sc[index[s.target]]).sum().item() < 10))
         return out
 
-    def boot(a, b, groups, n=1000):
-        per: dict[str, list[float]] = {}
-        for x, y, gr in zip(a, b, groups, strict=True):
-            acc = per.setdefault(gr, [0.0, 0.0])
-            acc[0] += y - x
-            acc[1] += 1
-        rows = list(per.values())
-        rng = random.Random(0)
-        means = sorted(
-            sum(d for d, _ in draw) / sum(c for _, c in draw)
-            for draw in ([rows[rng.randrange(len(rows))] for _ in rows] for _ in range(n))
-        )
-        return means[25], means[975]
-
     sets = {}
     for dedup in (False, True):
         samples = real_samples(dialogues, cat, dedup=dedup)
@@ -160,8 +145,8 @@ def main(split: str, grid: str) -> None:
         best = hits(ranker(a=a, g=g, lam=lam, w=w, mu=mu, b=b, prior=prior), samples, ctxs, dedup)
         for name, other in (("as built", ranker()), ("cooccurrence", cooc)):
             h = hits(other, samples, ctxs, dedup)
-            lo, hi = boot(h, best, groups)
-            d = (sum(best) - sum(h)) / len(samples)
+            diff = cluster_bootstrap_diff(h, best, groups)
+            d, lo, hi = diff["diff"], diff["lo"], diff["hi"]
             print(f"dedup={dedup} best - {name} ({sum(h) / len(h):.3f}): {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
 
 

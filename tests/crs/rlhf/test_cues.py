@@ -159,6 +159,8 @@ def test_policy_and_config_errors(setup):
         PO.Policy(policy.lm, policy.item_ids, cues=(token_cue, a))
     with pytest.raises(ValueError, match="cues need collab factors"):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, q), cues=(token_cue[:-1], a))
+    with pytest.raises(ValueError, match="must be finite"):
+        PO.Policy(policy.lm, policy.item_ids, collab=(p, q), cues=(token_cue, a), cue_weight=float("nan"))
     with pytest.raises(ValueError, match="collab_decay must be in"):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, q), collab_decay=0.0)
     for key, bad in (("collab_decay", 0.0), ("collab_decay", 1.2), ("genre_cues", -0.5), ("ppo_freeze", "bias")):
