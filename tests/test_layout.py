@@ -24,7 +24,7 @@ FAMILIES = {
 
 # crs_fast.crs.rlhf's layers, top to bottom: a module imports only from earlier layers.
 RLHF_LAYERS = [
-    {"config", "lm", "encoder", "collab", "mention", "cues"},
+    {"config", "lm", "encoder", "collab", "mention", "cues", "people"},
     {"corpus", "baselines"},
     {"policy", "reward"},
     {"build"},

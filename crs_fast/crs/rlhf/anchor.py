@@ -25,7 +25,6 @@ import torch
 
 from ..data.schema import Catalog, Dialogue
 from ..data.splits import rec_samples
-from . import mention
 from .build import build_policy, frozen_copy
 from .config import Config
 from .corpus import CRSData, clip_context, pad_right, prompt
@@ -36,15 +35,14 @@ def catalog_logprobs(
     policy: Policy, ids: torch.Tensor, attn: torch.Tensor, state=None, temperature: float = 1.0
 ) -> torch.Tensor:
     """[B, I] float32: ``log softmax_i(z_i / temperature)`` of the item scores ``z`` after each
-    row's last real token (rows right-padded): ``q . w_i``, plus the mention bonus on the items
-    the row mentions."""
+    row's last real token (rows right-padded): ``q . w_i``, plus the context bonus (items the row
+    mentions, people it names)."""
     q = policy.next_query(ids, attn, state).float()
     logits = q @ policy.item_rows().float().T
-    if policy.item_repeat is not None:
-        rows = torch.arange(ids.shape[0], device=ids.device)
-        pos = torch.full_like(rows, ids.shape[1])
-        marks = mention.item_marks(*policy.mentioned_items(ids), rows, pos, logits.shape[1])
-        logits = logits + marks * policy.item_repeat.float()
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    bonus = policy.bonus_at(ids, rows, torch.full_like(rows, ids.shape[1] - 1))
+    if bonus is not None:
+        logits = logits + bonus
     return torch.log_softmax(logits / temperature, dim=-1)
 
 

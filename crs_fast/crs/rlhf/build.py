@@ -1,5 +1,5 @@
 """The policy assembled from a Config: the LM with item tokens, its co-occurrence factors, item
-prior, mention bonus and genre cues (:func:`build_policy`); its optimiser groups and its frozen
+prior, mention bonus, genre cues and people bonus (:func:`build_policy`); its optimiser groups and its frozen
 reference copy."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .config import Config
 from .corpus import CRSData, corpus
 from .cues import cue_tokens, item_cues
 from .lm import add_item_tokens, item_attribute_index, load_lm
+from .people import item_people, name_table
 from .policy import ITEM_PARTS, Policy
 
 ROW_PARTS = ("item_out", "item_attr.")  # the learned item rows: output rows and attribute embeddings
@@ -39,6 +40,10 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         prior = cfg.item_prior * torch.log1p(mentions)
     vocab = lm.get_output_embeddings().weight.shape[0]
     cues = (cue_tokens(tok, vocab), item_cues(data.catalog)) if cfg.collab_rank and cfg.genre_cues else None
+    people = None
+    if cfg.people_cues:
+        names, b = item_people(data.catalog)
+        people = (name_table(tok, names), b)
     policy = Policy(
         lm,
         item_ids,
@@ -51,6 +56,8 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         collab_decay=cfg.collab_decay,
         cues=cues,
         cue_weight=cfg.genre_cues,
+        people=people,
+        people_weight=cfg.people_cues,
     )
     return policy, tok
 

@@ -128,6 +128,7 @@ _CFG_NON_NEGATIVE = [
     "mention_bonus",
     "item_prior",
     "genre_cues",
+    "people_cues",
     "anchor_kl",
     "anchor_contexts",
     "item_fit_epochs",
@@ -153,6 +154,7 @@ class Config:
     mention_bonus: float = 3.0  # logit bonus (learned from this value) of items already mentioned; 0 off
     collab_decay: float = 1.0  # in (0, 1]: the context's items weigh decay^(items mentioned after them); 1 plain sum
     genre_cues: float = 0.0  # weight of the genres named by the dialogue's words in the item logits (collab_rank > 0)
+    people_cues: float = 0.0  # bonus on the items of the directors and stars the dialogue names (people.py); 0 off
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 0  # ReDial training dialogues (train_data, then train_extra); 0: all of them
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)

@@ -36,25 +36,28 @@ class Queries:
     """What the item scores of a set of samples need, the policy's hidden states fixed.
 
     ``q`` [P, D]: the query after each distinct prompt; ``ment`` [P, M]: the catalog indices its
-    clipped tokens mention (-1 padding; what the mention bonus marks); per sample ``prompt`` [N]
-    (row of ``q``), ``target`` [N] (catalog index) and ``banned`` [N, K] (the sample's mentioned
-    items, -1 padding: what the dedup protocol excludes)."""
+    clipped tokens mention (-1 padding; what the mention bonus marks); ``named``, ``named_w`` [P,
+    K]: the items of the people it names and their bonus (-1 / 0 padding; None without a people
+    bonus); per sample ``prompt`` [N] (row of ``q``), ``target`` [N] (catalog index) and
+    ``banned`` [N, K] (the sample's mentioned items, -1 padding: what the dedup protocol excludes)."""
 
     q: torch.Tensor
     ment: torch.Tensor
     prompt: torch.Tensor
     target: torch.Tensor
     banned: torch.Tensor
+    named: torch.Tensor | None = None
+    named_w: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.target)
 
 
-def _pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+def _pad(rows: Sequence[Sequence[float]], fill: float = -1, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), max(width, 1)), -1, dtype=torch.int64)
+    out = torch.full((len(rows), max(width, 1)), fill, dtype=dtype)
     for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.int64)
+        out[i, : len(r)] = torch.tensor(list(r), dtype=dtype)
     return out
 
 
@@ -81,6 +84,7 @@ def queries(
     dev = policy.device
     q = torch.zeros(len(seqs), policy.item_rows().shape[1], device=dev)
     ments: list[list[int]] = [[] for _ in seqs]
+    named: list[tuple[list[int], list[float]]] = [([], []) for _ in seqs]
     for i in range(0, len(order), batch):
         rows = order[i : i + batch]
         ids, attn = pad_right([seqs[r] for r in rows], tok.pad_token_id, dev)
@@ -92,6 +96,11 @@ def queries(
         items, _ = policy.mentioned_items(ids)
         for r, found in zip(rows, items.cpu().tolist(), strict=True):
             ments[r] = [x for x in found if x >= 0]
+        people = policy.context_bonus(ids, mentions=False)
+        if people is not None:
+            last = people[1][torch.arange(len(rows), device=dev), attn.sum(1) - 1]
+            for r, it, w in zip(rows, people[0].cpu().tolist(), last.cpu().tolist(), strict=True):
+                named[r] = ([x for x in it if x >= 0], [v for x, v in zip(it, w, strict=True) if x >= 0])
         if progress:
             progress(len(rows))
     return Queries(
@@ -100,13 +109,18 @@ def queries(
         prompt=torch.tensor([where[s.prompt] for s in samples], dtype=torch.int64, device=dev),
         target=torch.tensor([index[s.target] for s in samples], dtype=torch.int64, device=dev),
         banned=_pad([[index[m] for m in s.mentioned if m in index] for s in samples]).to(dev),
+        named=_pad([n[0] for n in named]).to(dev) if policy.people is not None else None,
+        named_w=_pad([n[1] for n in named], 0.0, torch.float32).to(dev) if policy.people is not None else None,
     )
 
 
 def split(data: Queries, n: int) -> tuple[Queries, Queries]:
     """The first ``n`` samples and the rest, sharing the prompts' queries."""
     a, b = (slice(None, n), slice(n, None))
-    return tuple(Queries(data.q, data.ment, data.prompt[w], data.target[w], data.banned[w]) for w in (a, b))
+    return tuple(
+        Queries(data.q, data.ment, data.prompt[w], data.target[w], data.banned[w], data.named, data.named_w)
+        for w in (a, b)
+    )
 
 
 def _marks(ment: torch.Tensor, n: int) -> torch.Tensor:
@@ -116,13 +130,16 @@ def _marks(ment: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def item_logits(policy: Policy, data: Queries, rows: torch.Tensor | None = None, which=slice(None)) -> torch.Tensor:
-    """[n, I] float32: the item scores of the samples ``which`` (``q . r_j + rho [j mentioned]``),
-    differentiable in the policy's item parts (``rows``: :meth:`Policy.item_rows` if None)."""
+    """[n, I] float32: the item scores of the samples ``which`` (``q . r_j + rho [j mentioned]``
+    plus the people bonus), differentiable in the policy's item parts (``rows``:
+    :meth:`Policy.item_rows` if None)."""
     rows = policy.item_rows().float() if rows is None else rows
     p = data.prompt[which]
     logits = data.q[p] @ rows.T
     if policy.item_repeat is not None:
         logits = logits + _marks(data.ment[p], rows.shape[0]) * policy.item_repeat.float()
+    if data.named is not None:
+        logits = logits + mention.scatter_bonus(data.named[p], data.named_w[p], rows.shape[0])
     return logits
 
 

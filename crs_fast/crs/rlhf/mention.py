@@ -1,13 +1,14 @@
-"""Items already in a context: where each is first mentioned, and the mention bonus applied
-exactly on top of a fused LM head.
+"""Items already in a context: where each is first mentioned, and a context bonus on a few items'
+logits (the mention bonus, the people named) applied exactly on top of a fused LM head.
 
-The policy's next-token logits with the bonus are ``z' = z + beta [i in S_t]`` (``S_t`` the items
-among the tokens up to ``t``). Over a vocabulary of ~57k tokens of which a context mentions a
-handful, that is a rank-deficient, row-specific change no head column can carry; but the
-log-probabilities and the entropy of ``softmax(z')`` follow from those of ``softmax(z)``
-(``linear_logprobs``' outputs, no ``[N, V]`` logits) and the logits of the mentioned items alone
-(:func:`correct_logprobs`), and a ranking from a top-k of the others plus the mentioned items'
-own scores (:func:`merge_topk`).
+The policy's next-token logits with the mention bonus are ``z' = z + beta [i in S_t]`` (``S_t``
+the items among the tokens up to ``t``); the people named add more (:mod:`~crs_fast.crs.rlhf.people`).
+Over a vocabulary of ~57k tokens of which a context touches a handful, that is a row-specific
+change no head column can carry; but the log-probabilities and the entropy of ``softmax(z')``
+follow from those of ``softmax(z)`` (``linear_logprobs``' outputs, no ``[N, V]`` logits) and the
+logits of the candidates alone (:func:`correct_logprobs`), and a ranking from a top-k of the
+others plus the candidates' own scores (:func:`merge_topk`). :func:`step_bonus` turns bonus steps
+(from position ``t`` on, item ``i`` gains ``w``) into per-row candidates and per-position bonuses.
 """
 
 from __future__ import annotations
@@ -48,48 +49,76 @@ def mentioned_items(item_index: torch.Tensor, input_ids: torch.Tensor) -> tuple[
     return items, first
 
 
+def step_bonus(
+    b: torch.Tensor, t: torch.Tensor, item: torch.Tensor, w: torch.Tensor, B: int, T: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items [B, M], bonus [B, T, M]) from bonus steps (each [n]): from position ``t[j]`` on,
+    row ``b[j]``'s catalog item ``item[j]`` gains ``w[j]``. ``items`` lists each row's distinct
+    items (ascending, -1 padding, bonus 0 there), ``bonus[b, t, m] = sum_{j: b_j = b, item_j =
+    items[b, m], t_j <= t} w_j``; differentiable in ``w``."""
+    n = int(item.max()) + 1 if len(item) else 1
+    uniq, inv = torch.unique(b * n + item, return_inverse=True)
+    rb = uniq // n
+    counts = torch.bincount(rb, minlength=B)
+    m = int(counts.max()) if len(uniq) else 0
+    slot = torch.arange(len(uniq), device=b.device) - (counts.cumsum(0) - counts)[rb]
+    items = torch.full((B, m), -1, dtype=torch.int64, device=b.device)
+    items[rb, slot] = uniq % n
+    steps = torch.zeros(B, T, m, dtype=w.dtype, device=b.device).index_put((b, t, slot[inv]), w, accumulate=True)
+    return items, steps.cumsum(1)
+
+
 def correct_logprobs(
     lp: torch.Tensor,
     ent: torch.Tensor,
     z_label: torch.Tensor,
     z_items: torch.Tensor,
-    in_s: torch.Tensor,
-    hit: torch.Tensor,
-    beta: torch.Tensor,
+    bonus: torch.Tensor,
+    bonus_label: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lp', entropy') of ``softmax(z + beta [i in S])`` from (``lp``, ``ent``) of ``softmax(z)``
-    (any shape ``[...]``), the label's logit ``z_label`` [...], the candidate items' logits
-    ``z_items`` [..., M] with ``in_s`` [..., M] saying which are in ``S``, ``hit`` [...] whether the
-    label is in ``S``. With ``u_i = z_i - log Z`` (``log Z = z_label - lp``), ``p_i = e^u_i``,
-    ``s = sum_S p_i`` and ``delta = log(1 + s expm1(beta))``: ``lp' = lp + beta hit - delta`` and
-    ``H' = delta + e^-delta (H - sum_S p_i (u_i expm1(beta) + beta e^beta))``. fp32; differentiable
-    in every input."""
+    """(lp', entropy') of ``softmax(z + c)`` from (``lp``, ``ent``) of ``softmax(z)`` (any shape
+    ``[...]``), where ``c`` is zero but on a few distinct candidates: the label's logit ``z_label``
+    [...], the candidates' logits ``z_items`` [..., M] and bonuses ``bonus`` [..., M] (0: none),
+    ``bonus_label`` [...] the label's bonus. With ``u_i = z_i - log Z`` (``log Z = z_label - lp``),
+    ``p_i = e^u_i`` and ``delta = log(1 + sum_i p_i expm1(c_i))``: ``lp' = lp + c_label - delta``
+    and ``H' = delta + e^-delta (H - sum_i p_i (u_i expm1(c_i) + c_i e^c_i))``. fp32;
+    differentiable in every input (``u`` is clamped at 0, so positions whose ``lp`` was never
+    computed stay finite)."""
     log_z = z_label.float() - lp.float()
-    u = torch.where(in_s, z_items.float() - log_z[..., None], torch.zeros_like(z_items, dtype=torch.float32))
-    p = torch.where(in_s, u.exp(), torch.zeros_like(u))
-    em1 = torch.expm1(beta)
-    delta = torch.log1p(p.sum(-1) * em1)
-    lp2 = lp.float() + beta * hit - delta
-    ent2 = delta + torch.exp(-delta) * (ent.float() - (p * (u * em1 + beta * torch.exp(beta))).sum(-1))
+    c = bonus.float()
+    u = (z_items.float() - log_z[..., None]).clamp(max=0.0)  # a log-prob; the clamp guards unscored positions
+    p = u.exp()
+    em1 = torch.expm1(c)
+    delta = torch.log1p((p * em1).sum(-1))
+    lp2 = lp.float() + bonus_label.float() - delta
+    ent2 = delta + torch.exp(-delta) * (ent.float() - (p * (u * em1 + c * torch.exp(c))).sum(-1))
     return lp2, ent2
 
 
 def policy_logprobs(policy, h, input_ids, labels, lp, ent, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A :class:`~crs_fast.crs.rlhf.policy.Policy`'s ``linear_logprobs`` outputs (lp, entropy)
-    [B, T] without its mention bonus turned into those with it (:func:`correct_logprobs`): ``h``
-    [B, T, H'] the states its head scored, ``labels`` [B, T] the next tokens, ``S_t`` the items
-    among ``input_ids[:, :t+1]``, logits divided by ``temperature``."""
-    items, first = policy.mentioned_items(input_ids)
-    if items.shape[1] == 0:
+    [B, T] without its context bonus (mentioned items, people named) turned into those with it
+    (:func:`correct_logprobs`): ``h`` [B, T, H'] the states its head scored, ``labels`` [B, T] the
+    next tokens, the bonus after position ``t`` from ``input_ids[:, :t+1]``, logits divided by
+    ``temperature``."""
+    found = policy.context_bonus(input_ids)
+    if found is None or found[0].shape[1] == 0:
         return lp, ent
-    in_s = first[:, None, :] <= torch.arange(input_ids.shape[1], device=h.device)[None, :, None]
+    items, bonus = found
     hf = h.float()
     z_y = (hf * policy.head()[labels].float()).sum(-1) / temperature
     z_items = torch.einsum("btd,bmd->btm", hf, policy.item_rows().float()[items.clamp(min=0)]) / temperature
-    hit = ((policy.item_index[labels][..., None] == items[:, None, :]) & in_s).any(-1)
-    beta = policy.item_repeat.float() / temperature
-    lp2, ent2 = correct_logprobs(lp, ent, z_y, z_items, in_s, hit, beta)
+    c = bonus.float() / temperature
+    is_label = (policy.item_index[labels][..., None] == items[:, None, :]) & (items[:, None, :] >= 0)
+    lp2, ent2 = correct_logprobs(lp, ent, z_y, z_items, c, (c * is_label).sum(-1))
     return lp2.to(lp.dtype), ent2.to(ent.dtype)
+
+
+def scatter_bonus(items: torch.Tensor, bonus: torch.Tensor, n: int) -> torch.Tensor:
+    """[R, n]: the bonuses ``bonus`` [R, M] of the catalog items ``items`` [R, M] (-1 padding)
+    spread over the catalog (repeated items add); differentiable in ``bonus``."""
+    out = torch.zeros(items.shape[0], n, dtype=bonus.dtype, device=bonus.device)
+    return out.scatter_add(1, items.clamp(min=0), bonus * (items >= 0))
 
 
 def merge_topk(val: torch.Tensor, idx: torch.Tensor, score: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:

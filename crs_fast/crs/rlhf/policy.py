@@ -16,6 +16,7 @@ from ... import ops
 from . import collab as collab_mod
 from . import cues as cues_mod
 from . import mention
+from . import people as people_mod
 
 ITEM_PARTS = ("item_attr.", "item_bias", "item_out", "item_repeat")  # names of the item parameters (new, at item_lr)
 
@@ -62,8 +63,11 @@ class Policy(nn.Module):
     ``mention_bonus = beta`` (not None) adds a learned scalar :attr:`item_repeat` (starting at
     ``beta``) to the logit of every item already mentioned, ``+ beta [i in S_t]``: recommenders
     re-mention items (about a tenth of ReDial's recommendation samples), which no low-rank term
-    expresses. It is exact on top of the fused head (:mod:`~crs_fast.crs.rlhf.mention`). Decoding
-    with ``no_repeat_items`` bans those items: it changes rankings and log-probs, not rollouts.
+    expresses. ``people = (name_table, B [I, P])`` adds the people named so far,
+    ``people_weight * sum_p [p named up to t] B_ip`` (:mod:`~crs_fast.crs.rlhf.people`). Both make
+    the context bonus (:meth:`context_bonus`), exact on top of the fused head
+    (:mod:`~crs_fast.crs.rlhf.mention`). Decoding with ``no_repeat_items`` bans the mentioned items:
+    it changes rankings and log-probs, not rollouts.
     """
 
     def __init__(
@@ -79,6 +83,8 @@ class Policy(nn.Module):
         collab_decay: float = 1.0,
         cues: tuple[torch.Tensor, torch.Tensor] | None = None,
         cue_weight: float = 1.0,
+        people: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None,
+        people_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -146,6 +152,7 @@ class Policy(nn.Module):
             if not torch.isfinite(torch.tensor(float(mention_bonus))):
                 raise ValueError(f"mention_bonus must be finite, got {mention_bonus}")
             self.item_repeat = nn.Parameter(torch.tensor(float(mention_bonus)))
+        self.people = None if people is None else people_mod.PeopleBonus(*people, people_weight, len(item_ids))
 
     @property
     def device(self) -> torch.device:
@@ -220,16 +227,40 @@ class Policy(nn.Module):
         """(items, first) [B, M]: :func:`~crs_fast.crs.rlhf.mention.mentioned_items` of ``input_ids``."""
         return mention.mentioned_items(self.item_index, input_ids)
 
-    def mention_bias(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """[B, V]: the mention bonus on the next-token logits after the last position of each row
-        (the items anywhere in ``input_ids``), None without it."""
-        if self.item_repeat is None:
-            return None
+    def context_bonus(self, input_ids: torch.Tensor, mentions: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(items [B, M], bonus [B, T, M]): each row's candidate items (-1 padding) and the context
+        bonus on their logits after each position of ``input_ids`` [B, T], ``beta [i in S_t] +
+        people_weight sum_{p named up to t} B_ip`` (:func:`~crs_fast.crs.rlhf.mention.step_bonus`;
+        differentiable in ``beta``); ``mentions=False``: the people part alone. None without either."""
         B, T = input_ids.shape
-        rows, pos = torch.arange(B, device=input_ids.device), torch.full((B,), T, device=input_ids.device)
-        marks = mention.item_marks(*self.mentioned_items(input_ids), rows, pos, len(self.item_ids))
-        bias = torch.zeros(B, len(self.item_mask), device=input_ids.device)
-        return bias.index_copy(1, self.item_ids, marks * self.item_repeat.detach().float())
+        steps = []
+        if mentions and self.item_repeat is not None:
+            at, item = mention.first_mentions(self.item_index, input_ids)
+            steps.append((at // T, at % T, item, self.item_repeat.float().expand(len(at))))
+        if self.people is not None:
+            steps.append(self.people.events(input_ids))
+        if not steps:
+            return None
+        return mention.step_bonus(*(torch.cat(x) for x in zip(*steps, strict=True)), B, T)
+
+    def bonus_at(self, input_ids: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+        """[n, I] float32: :meth:`context_bonus` over the catalog after position ``pos[j]`` of row
+        ``rows[j]`` (differentiable in the mention bonus), None without a context bonus."""
+        found = self.context_bonus(input_ids)
+        if found is None:
+            return None
+        return mention.scatter_bonus(found[0][rows], found[1][rows, pos], len(self.item_ids))
+
+    def mention_bias(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """[B, V]: the context bonus on the next-token logits after the last position of each row
+        (mentioned items, people named anywhere in ``input_ids``), None without one."""
+        B, T = input_ids.shape
+        rows = torch.arange(B, device=input_ids.device)
+        bonus = self.bonus_at(input_ids, rows, torch.full_like(rows, T - 1))
+        if bonus is None:
+            return None
+        out = torch.zeros(B, len(self.item_mask), device=input_ids.device)
+        return out.index_copy(1, self.item_ids, bonus.detach().float())
 
     def with_features(self, h: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, H] as the head scores them: with :meth:`context_features` of
@@ -277,10 +308,6 @@ class Policy(nn.Module):
             h = out[0] if isinstance(out, tuple) else out
         return self.backbone().norm(h)
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: Any = None) -> torch.Tensor:
-        """Final hidden states [B, T, H] (from the trunk's ``state`` when given)."""
-        return self.top(input_ids, attention_mask, state)
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -325,17 +352,15 @@ class Policy(nn.Module):
             lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
             lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
             ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
-        if self.item_repeat is not None:
+        if self.item_repeat is not None or self.people is not None:
             lp2, ent2 = mention.policy_logprobs(self, h, input_ids[:, :-1], labels, lp, ent, temperature)
             lp, ent = (lp2, ent2) if select is None else (lp2 * sel, ent2 * sel)
         if items_at is None:
             return lp, ent, values
         logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature
-        if self.item_repeat is not None:
-            marks = mention.item_marks(
-                *self.mentioned_items(input_ids[:, :-1]), *items_at.bool().nonzero(as_tuple=True), logits.shape[1]
-            )
-            logits = logits + marks * (self.item_repeat.float() / temperature)
+        bonus = self.bonus_at(input_ids[:, :-1], *items_at.bool().nonzero(as_tuple=True))
+        if bonus is not None:
+            logits = logits + bonus.float() / temperature
         if item_ban is not None:
             logits = logits.masked_fill(item_ban, float("-inf"))
         return lp, ent, values, torch.log_softmax(logits, dim=-1)
@@ -344,7 +369,7 @@ class Policy(nn.Module):
         """The final hidden state after each row's last real token (rows right-padded) [B, H (+ 1 +
         r + G)], with the context features when the policy has them: what the LM head scores the next
         token from."""
-        h = self.with_features(self.hidden(input_ids, attention_mask, state), input_ids)
+        h = self.with_features(self.top(input_ids, attention_mask, state), input_ids)
         return h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
 
     @torch.no_grad()
@@ -358,17 +383,18 @@ class Policy(nn.Module):
     ) -> torch.Tensor:
         """Item indices (into the catalog order) ranked by the next-token score after each row's
         last real token (rows right-padded): ``crs_fast.topk_scores`` over the item rows of the
-        LM head, ties to the lower index. With the mention bonus the rows' mentioned items are
-        scored apart (``q . w_i + beta``) and merged into the others' top k. [B, k]."""
+        LM head, ties to the lower index. With a context bonus its candidates are scored apart
+        (``q . w_i + bonus_i``) and merged into the others' top k. [B, k]."""
         q = self.next_query(input_ids, attention_mask, state).float()
         items = self.item_rows().float()
         k = min(k, items.shape[0])
-        if self.item_repeat is None:
+        found = self.context_bonus(input_ids)
+        if found is None:
             return ops.topk_scores(q, items, k=k, exclude=exclude)[1]
-        ment, _ = self.mentioned_items(input_ids)
+        ment, bonus = found[0], found[1][:, -1].detach().float()
         if exclude is not None:  # items the caller excludes get no bonus either
             ment = ment.masked_fill((ment[:, :, None] == exclude[:, None, :]).any(-1), -1)
         ban = ment if exclude is None else torch.cat([ment, exclude.to(ment.dtype)], 1)
         val, idx = ops.topk_scores(q, items, k=k, exclude=ban)
-        score = (q[:, None, :] * items[ment.clamp(min=0)]).sum(-1) + self.item_repeat.detach().float()
+        score = (q[:, None, :] * items[ment.clamp(min=0)]).sum(-1) + bonus
         return mention.merge_topk(val, idx, score, ment, k)

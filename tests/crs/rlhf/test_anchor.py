@@ -38,7 +38,7 @@ def setup():
 
 def _naive_catalog_logprobs(policy, tok, prompt):
     x = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-    h = policy.with_features(policy.hidden(x, torch.ones_like(x)), x)[0, -1]
+    h = policy.with_features(policy.top(x, torch.ones_like(x)), x)[0, -1]
     z = h @ policy.item_rows().T
     seen = policy.item_index[x[0]]
     z[seen[seen >= 0]] += policy.item_repeat

@@ -69,7 +69,7 @@ def setup():
 
 def _naive_logits(policy, p, q, x, attn):
     """Every next-token logit from the formula: h . w (+ b_i + 0.7 (sum over distinct items so far of P) . Q_i)."""
-    h = policy.hidden(x, attn)
+    h = policy.top(x, attn)
     w = policy._token_head().clone()
     w[policy.item_ids] = policy.item_out  # the items' own output rows
     out = torch.empty(*x.shape, w.shape[0])

@@ -109,7 +109,7 @@ def test_context_cues_are_cumulative_and_count_once():
 def _naive_logits(policy, p, q, token_cue, a, x, attn):
     """Every next-token logit from the formula: h . w_i + b_i + (sum_c 0.6^age_c P_c) . Q_i + 0.8 named . A_i
     + 1.5 [i mentioned]."""
-    h = policy.hidden(x, attn)
+    h = policy.top(x, attn)
     w = policy._token_head().clone()
     w[policy.item_ids] = policy.item_out
     out = torch.empty(*x.shape, w.shape[0])

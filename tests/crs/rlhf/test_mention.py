@@ -41,7 +41,7 @@ def setup(request):
 def _naive_logits(policy, x, attn, beta):
     """[B, T, V]: the head's logits from materialised ``h' @ W'.T`` plus ``beta`` on every item
     among ``x[b, :t+1]``."""
-    h = policy.with_features(policy.hidden(x, attn), x)
+    h = policy.with_features(policy.top(x, attn), x)
     z = h @ policy.head().T
     bonus = torch.zeros_like(z)
     for b in range(x.shape[0]):
@@ -155,32 +155,62 @@ def test_build_policy_switch_groups_and_errors(setup, tmp_path):
 
 @pytest.mark.parametrize("beta", [-2.0, 0.0, 0.5, 6.0])
 def test_correct_logprobs_is_the_softmax_of_the_shifted_logits(beta, gen):
-    """The pure function on random logits (shape [3, 5], vocabulary 40, up to 4 candidate items,
-    some in S, some not; labels in and out of S), values and gradients against log_softmax."""
+    """The pure function on random logits (shape [3, 5], vocabulary 40, up to 4 distinct candidate
+    items with bonuses of their own, some zero; labels among them and not), values and gradients
+    (logits and bonuses) against log_softmax."""
     from crs_fast.crs.rlhf import mention as MN
 
     z = (3 * torch.randn(3, 5, 40, generator=gen, dtype=torch.float64)).requires_grad_()
-    cand = torch.rand(3, 5, 40, generator=gen).argsort(-1)[..., :4]  # distinct items, as mentioned_items gives
-    in_s = torch.rand(3, 5, 4, generator=gen) < 0.6  # candidates outside S are ignored
+    cand = torch.rand(3, 5, 40, generator=gen).argsort(-1)[..., :4]  # distinct items, as step_bonus gives
+    on = torch.rand(3, 5, 4, generator=gen) < 0.6  # candidates with a zero bonus change nothing
+    scale = (beta * on * (0.5 + torch.rand(3, 5, 4, generator=gen))).double().requires_grad_()
     labels = torch.where(
         torch.rand(3, 5, generator=gen) < 0.5, cand[..., 0], torch.randint(0, 40, (3, 5), generator=gen)
     )
-    shift = torch.zeros(3, 5, 40, dtype=torch.float64).scatter_(-1, cand, in_s.double())
-    shifted = torch.log_softmax(z + beta * (shift > 0), -1)
+    shift = torch.zeros(3, 5, 40, dtype=torch.float64).scatter(-1, cand, scale)
+    shifted = torch.log_softmax(z + shift, -1)
     want_lp = shifted.gather(-1, labels[..., None]).squeeze(-1)
     want_ent = -(shifted.exp() * shifted).sum(-1)
     logp = torch.log_softmax(z, -1)
     lp, ent = logp.gather(-1, labels[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
-    z_items = z.gather(-1, cand)
-    hit = shift.gather(-1, labels[..., None]).squeeze(-1) > 0
     got_lp, got_ent = MN.correct_logprobs(
-        lp.float(), ent.float(), z.gather(-1, labels[..., None]).squeeze(-1), z_items, in_s, hit, torch.tensor(beta)
+        lp.float(),
+        ent.float(),
+        z.gather(-1, labels[..., None]).squeeze(-1),
+        z.gather(-1, cand),
+        scale,
+        shift.gather(-1, labels[..., None]).squeeze(-1),
     )
     torch.testing.assert_close(got_lp.double(), want_lp, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got_ent.double(), want_ent, atol=1e-4, rtol=1e-4)
-    g1 = torch.autograd.grad((got_lp + got_ent).sum(), z)[0]
-    g2 = torch.autograd.grad((want_lp + want_ent).sum(), z)[0]
-    torch.testing.assert_close(g1, g2, atol=1e-3, rtol=1e-3)
+    if beta:
+        g1 = torch.autograd.grad((got_lp + got_ent).sum(), (z, scale), retain_graph=True)
+        g2 = torch.autograd.grad((want_lp + want_ent).sum(), (z, scale))
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(a.double(), b, atol=1e-3, rtol=1e-3)
+
+
+def test_step_bonus_matches_a_loop(gen):
+    from crs_fast.crs.rlhf import mention as MN
+
+    B, T, n = 3, 7, 9
+    b = torch.randint(0, B - 1, (20,), generator=gen)  # the last row gets no step
+    t = torch.randint(0, T, (20,), generator=gen)
+    item = torch.randint(0, n, (20,), generator=gen)
+    w = torch.randn(20, generator=gen, dtype=torch.float64)
+    items, bonus = MN.step_bonus(b, t, item, w, B, T)
+    want = torch.zeros(B, T, n, dtype=torch.float64)
+    for j in range(20):
+        want[b[j], t[j] :, item[j]] += w[j]
+    for r in range(B):
+        listed = [i for i in items[r].tolist() if i >= 0]
+        assert listed == sorted(set(item[b == r].tolist()))
+        assert not bonus[r][:, items[r] < 0].any()
+        torch.testing.assert_close(bonus[r][:, : len(listed)], want[r][:, listed])
+    got = MN.scatter_bonus(items, bonus[:, -1], n)
+    torch.testing.assert_close(got, want[:, -1])
+    empty = MN.step_bonus(*(torch.zeros(0, dtype=torch.int64) for _ in range(3)), torch.zeros(0), 2, 4)
+    assert empty[0].shape == (2, 0) and empty[1].shape == (2, 4, 0)
 
 
 def test_merge_topk_breaks_ties_to_the_lower_index():

@@ -79,7 +79,7 @@ def test_item_features_start_at_zero_and_share_what_one_item_learns():
     x, attn = CO.pad_right([tok("User : hi System :")["input_ids"]], tok.pad_token_id)
     torch.testing.assert_close(feat.rank_items(x, attn, 4), plain.rank_items(x, attn, 4))
     # raise item "a" (comedy, Ann Lee): the other comedy and the other Ann Lee film rise with it
-    h = feat.hidden(x, attn)[0, -1].detach()
+    h = feat.top(x, attn)[0, -1].detach()
     opt = torch.optim.SGD(feat.item_attr.parameters(), lr=0.5)
     before = (feat.head()[ids] @ h).detach()
     for _ in range(3):
