@@ -95,14 +95,13 @@ def correct_logprobs(
     return lp2, ent2
 
 
-def policy_logprobs(policy, h, input_ids, labels, lp, ent, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_logprobs(policy, h, labels, lp, ent, temperature: float, found) -> tuple[torch.Tensor, torch.Tensor]:
     """A :class:`~crs_fast.crs.rlhf.policy.Policy`'s ``linear_logprobs`` outputs (lp, entropy)
     [B, T] without its context bonus (mentioned items, people named) turned into those with it
     (:func:`correct_logprobs`): ``h`` [B, T, H'] the states its head scored, ``labels`` [B, T] the
-    next tokens, the bonus after position ``t`` from ``input_ids[:, :t+1]``, logits divided by
-    ``temperature``."""
-    found = policy.context_bonus(input_ids)
-    if found is None or found[0].shape[1] == 0:
+    next tokens, ``found = (items [B, M], bonus [B, T, M])`` its :meth:`context_bonus` of the
+    inputs (the bonus after position ``t``), logits divided by ``temperature``."""
+    if found[0].shape[1] == 0:
         return lp, ent
     items, bonus = found
     hf = h.float()

@@ -228,10 +228,9 @@ class Policy(nn.Module):
         return mention.mentioned_items(self.item_index, input_ids)
 
     def context_bonus(self, input_ids: torch.Tensor, mentions: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(items [B, M], bonus [B, T, M]): each row's candidate items (-1 padding) and the context
-        bonus on their logits after each position of ``input_ids`` [B, T], ``beta [i in S_t] +
-        people_weight sum_{p named up to t} B_ip`` (:func:`~crs_fast.crs.rlhf.mention.step_bonus`;
-        differentiable in ``beta``); ``mentions=False``: the people part alone. None without either."""
+        """(items [B, M], bonus [B, T, M]): each row's candidates (-1 padding) and their bonus after
+        each position, ``beta [i in S_t] + people_weight sum_{p named up to t} B_ip`` (differentiable
+        in ``beta``; :func:`~crs_fast.crs.rlhf.mention.step_bonus`); ``mentions=False``: people only."""
         B, T = input_ids.shape
         steps = []
         if mentions and self.item_repeat is not None:
@@ -352,15 +351,16 @@ class Policy(nn.Module):
             lp_s, ent_s = ops.linear_logprobs(h[sel], self.head(), labels[sel], temperature=temperature, entropy=True)
             lp = torch.zeros(labels.shape, dtype=lp_s.dtype, device=h.device).masked_scatter(sel, lp_s)
             ent = torch.zeros(labels.shape, dtype=ent_s.dtype, device=h.device).masked_scatter(sel, ent_s)
-        if self.item_repeat is not None or self.people is not None:
-            lp2, ent2 = mention.policy_logprobs(self, h, input_ids[:, :-1], labels, lp, ent, temperature)
+        found = self.context_bonus(input_ids[:, :-1])  # once, for the log-probs and the catalog distribution
+        if found is not None:
+            lp2, ent2 = mention.policy_logprobs(self, h, labels, lp, ent, temperature, found)
             lp, ent = (lp2, ent2) if select is None else (lp2 * sel, ent2 * sel)
         if items_at is None:
             return lp, ent, values
         logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature
-        bonus = self.bonus_at(input_ids[:, :-1], *items_at.bool().nonzero(as_tuple=True))
-        if bonus is not None:
-            logits = logits + bonus.float() / temperature
+        if found is not None:
+            rows, pos = items_at.bool().nonzero(as_tuple=True)
+            logits = logits + mention.scatter_bonus(found[0][rows], found[1][rows, pos], logits.shape[1]) / temperature
         if item_ban is not None:
             logits = logits.masked_fill(item_ban, float("-inf"))
         return lp, ent, values, torch.log_softmax(logits, dim=-1)
