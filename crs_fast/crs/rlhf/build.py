@@ -37,6 +37,8 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
     if cfg.collab_rank:  # counted once: the factors' pairs and the prior's mentions
         n, mentions = cooccurrence_counts(data.train, data.catalog)
         collab = cooccurrence_factors(data.train, data.catalog, cfg.collab_rank, cfg.seed, counts=n)
+        if cfg.collab_norm:  # a frequent context item says less about what comes next
+            collab = (collab[0] * torch.pow(1 + mentions, -cfg.collab_norm)[:, None], collab[1])
         prior = cfg.item_prior * torch.log1p(mentions)
     vocab = lm.get_output_embeddings().weight.shape[0]
     cues = (cue_tokens(tok, vocab), item_cues(data.catalog)) if cfg.collab_rank and cfg.genre_cues else None

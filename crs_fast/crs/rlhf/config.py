@@ -67,6 +67,47 @@ from typing import Any
 DATASETS = ("redial", "opendialkg")  # the real datasets; a config file's [redial] / [opendialkg] tables
 EVAL_SEED_BASE = 10**9  # held-out synthetic users: seeds never used for training data or PPO
 
+# Settings chosen per dataset on its validation dialogues, applied by Config.load (what the CLI runs)
+# over the defaults and under a config file's values; Config(...) and Config.quick() leave them out.
+TUNED: dict[str, dict[str, Any]] = {
+    "redial": {
+        # docs/results/dedup-signal-2026-12-01: the untrained policy's valid Recall@10 standard /
+        # dedup 0.231 / 0.184 -> 0.246 / 0.193 with both
+        "collab_decay": 0.7,  # the context's items weigh 0.7^(items mentioned after them)
+        "genre_cues": 0.25,  # genres named by the dialogue's words ("scary", "comedy")
+        # directors and stars the dialogue names: valid 0.246 / 0.193 -> 0.256 / 0.201 at 1.5
+        # (0.5: 0.246 / 0.198, 1: 0.254 / 0.201, 2: 0.256 / 0.198; docs/results/people-cues-2026-12-01)
+        "people_cues": 1.5,
+        # a context item's co-occurrence row damped by its popularity, (1 + mentions)^-0.5, at twice
+        # the weight: valid 0.256 / 0.201 -> 0.256 / 0.210, the best of 14 (alpha, weight) pairs;
+        # flat within +-0.01 (docs/results/collab-norm-2026-12-01)
+        "collab_norm": 0.5,
+        "collab_weight": 2.0,
+        # SFT and PPO keep that ranking: SFT's item parts at 1e-6 (valid 0.231 / 0.184 kept; 1e-5
+        # gave 0.197 / 0.142; docs/results/ppo-erosion-2026-11-30), PPO leaves every item part as
+        # SFT left it (valid after PPO 0.238 / 0.195; learned rows alone frozen 0.225 / 0.184;
+        # neither, with the anchor, 0.202 / 0.159: docs/results/dedup-signal-2026-12-01)
+        "item_lr": 1e-6,
+        "ppo_freeze": "items",
+    },
+    "opendialkg": {
+        # low ranks lose its sparse co-mentions (valid dedup Recall@10 0.112 at 64, 0.179 at 512)
+        "collab_rank": 512,
+        # the item prior costs its valid turns (dedup Recall@10 0.190 at 0.1, 0.203 at 0;
+        # docs/results/collab-valid-2026-11-30, section 4)
+        "item_prior": 0.0,
+        # 73% of its valid prompts name a director or star: valid Recall@10 0.459 / 0.170 ->
+        # 0.786 / 0.685 at 3, the best of 0.5-3 (docs/results/people-cues-2026-12-01)
+        "people_cues": 3.0,
+        # popularity damping as on ReDial: valid 0.786 / 0.685 -> 0.795 / 0.700 (alpha 0.5, weight 1,
+        # the best of the same 14 pairs; docs/results/collab-norm-2026-12-01)
+        "collab_norm": 0.5,
+        # carried over from ReDial's validation evidence (not measured on OpenDialKG's)
+        "item_lr": 1e-6,
+        "ppo_freeze": "items",
+    },
+}
+
 
 # Config keys that must be > 0 and >= 0 (Config.__post_init__).
 _CFG_POSITIVE = [
@@ -125,6 +166,7 @@ _CFG_NON_NEGATIVE = [
     "train_layers",
     "collab_rank",
     "collab_weight",
+    "collab_norm",
     "mention_bonus",
     "item_prior",
     "genre_cues",
@@ -152,6 +194,7 @@ class Config:
     collab_weight: float = 1.0  # scale of the co-occurrence score in the item logits
     item_prior: float = 0.1  # the item bias starts at item_prior * log(1 + training mentions) (with collab_rank)
     mention_bonus: float = 3.0  # logit bonus (learned from this value) of items already mentioned; 0 off
+    collab_norm: float = 0.0  # >= 0: a context item's co-occurrence row weighs (1 + its training mentions)^-collab_norm
     collab_decay: float = 1.0  # in (0, 1]: the context's items weigh decay^(items mentioned after them); 1 plain sum
     genre_cues: float = 0.0  # weight of the genres named by the dialogue's words in the item logits (collab_rank > 0)
     people_cues: float = 0.0  # bonus on the items of the directors and stars the dialogue names (people.py); 0 off
@@ -298,10 +341,11 @@ class Config:
 
     @classmethod
     def load(cls, path: str | pathlib.Path | None = None, *, quick: bool = False, **overrides: Any) -> Config:
-        """Defaults (or :meth:`quick`), then a TOML file's top-level keys, then its table named after
-        the run's dataset (``[redial]`` or ``[opendialkg]``: settings chosen per dataset), then
-        ``overrides`` (None ignored)."""
-        values = cls._file_values(path, overrides)
+        """Defaults (or :meth:`quick`), then :data:`TUNED`'s settings for the run's dataset (chosen on
+        its validation data; not with ``quick``), then a TOML file's top-level keys, then its table
+        named after the run's dataset (``[redial]`` or ``[opendialkg]``), then ``overrides`` (None
+        ignored)."""
+        values = cls._file_values(path, overrides, quick=quick)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -320,8 +364,11 @@ class Config:
         return [cls.load(path, quick=quick, **{**overrides, "dataset": d}) for d in DATASETS]
 
     @classmethod
-    def _file_values(cls, path: str | pathlib.Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-        """The keys a TOML file and ``overrides`` set, the dataset's table merged in."""
+    def _file_values(
+        cls, path: str | pathlib.Path | None, overrides: dict[str, Any], *, quick: bool = False
+    ) -> dict[str, Any]:
+        """The keys a TOML file and ``overrides`` set, the dataset's table merged in, over
+        :data:`TUNED`'s settings for the run's dataset (not with ``quick``: the tiny model)."""
         values: dict[str, Any] = {}
         if path is not None:
             try:
@@ -343,6 +390,8 @@ class Config:
         dataset = given.get("dataset", values.get("dataset", "redial"))
         values.update(tables.get(dataset, {}))
         values.update(given)
+        if not quick and dataset in TUNED:
+            values = {**TUNED[dataset], **values}
         return values
 
     def as_dict(self) -> dict[str, Any]:

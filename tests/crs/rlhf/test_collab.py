@@ -147,6 +147,12 @@ def test_build_policy_uses_the_training_dialogues_cooccurrence(tmp_path):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, p), item_prior=torch.zeros(3))
     off, _ = BU.build_policy(Config.quick(real_data="off", collab_rank=0), data)
     assert off.item_bias is None
+    # collab_norm damps each context item's row by its popularity; the item side is unchanged
+    damped, _ = BU.build_policy(Config.quick(real_data="off", collab_rank=4, collab_norm=0.5), data)
+    torch.testing.assert_close(damped.collab_p, p / torch.sqrt(1 + mentions)[:, None])
+    torch.testing.assert_close(damped.collab_q, policy.collab_q)
+    with pytest.raises(ValueError, match="Config.collab_norm: expected >= 0"):
+        Config(collab_norm=-0.5)
 
 
 def test_clipped_context_keeps_the_items_mentioned_before_the_window(setup):
