@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from crs_fast.crs.data.labels import text_sentiment
 from crs_fast.crs.data.splits import rec_samples
 from crs_fast.crs.rlhf.collab import cooccurrence_counts
 from crs_fast.crs.rlhf.config import Config
@@ -55,20 +56,24 @@ def main(ds: str) -> None:
     damp = (1 + pop) ** -cfg.collab_norm
     prior = cfg.item_prior * torch.log1p(pop)
 
-    def score(context, w_sys=1.0, d=0.0):
-        items: list[tuple[int, str]] = []  # (item, role) in first-mention order
-        for t in context:
+    def score(context, w_sys=1.0, d=0.0, w_neg=1.0):
+        items: list[tuple[int, str, float]] = []  # (item, role, the seeker's reaction) in first-mention order
+        for k, t in enumerate(context):
+            # the seeker's reaction: their own turn for their mentions, their next turn for the recommender's
+            nxt = t if t.role == "user" else next((u for u in context[k + 1 :] if u.role == "user"), None)
+            mood = text_sentiment(nxt.text) if nxt is not None else 0.0
             for x in t.items:
-                if x in index and index[x] not in [i for i, _ in items]:
-                    items.append((index[x], t.role))
+                if x in index and index[x] not in [i for i, _, _ in items]:
+                    items.append((index[x], t.role, mood))
         sc = prior.clone() + pop / (pop.max() * 1e3)
         if items:
-            m = [i for i, _ in items]
+            m = [i for i, _, _ in items]
             w = torch.tensor([cfg.collab_decay ** (len(m) - 1 - k) for k in range(len(m))])
-            w = w * torch.tensor([w_sys if r == "system" else 1.0 for _, r in items]) * damp[m]
+            w = w * torch.tensor([w_sys if r == "system" else 1.0 for _, r, _ in items]) * damp[m]
+            w = w * torch.tensor([w_neg if mood < -0.05 else 1.0 for _, _, mood in items])
             rows = (1 - d) * big_l[m] + d * dir_l[m]
             sc = sc + cfg.collab_weight * (w[:, None] * rows).sum(0)
-        return sc, [i for i, _ in items]
+        return sc, [i for i, _, _ in items]
 
     def hits(samples, dedup, **kw):
         out = []
@@ -95,6 +100,7 @@ def main(ds: str) -> None:
 
     variants = {f"role w={w}": {"w_sys": w} for w in (0.0, 0.25, 0.5, 1.5, 2.0)}
     variants.update({f"directed d={d}": {"d": d} for d in (0.25, 0.5, 1.0)})
+    variants.update({f"negative w={w}": {"w_neg": w} for w in (0.0, 0.5, -0.5)})
     for dedup in (False, True):
         samples = [s for s in rec_samples(data.real_valid, dedup=dedup) if s.targets[0] in index]
         groups = [s.dialogue_id for s in samples]
