@@ -10,6 +10,7 @@ import sys
 from ..data.schema import DataError
 from .config import Config
 from .report import headline, plots
+from .run_io import RunMismatch
 from .stages import run_demo, run_eval, run_ppo, run_sft, run_train_rm
 
 STAGES = {
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, DataError) as exc:  # a missing stage output or file, an --out that is a file, bad data
+    except (OSError, DataError, RunMismatch) as exc:  # missing output or file, file as --out, bad data, other settings
         print(f"crs-fast {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -18,6 +18,55 @@ import torch
 from .online_rm import OnlineRM
 from .reward import RewardModel
 
+# The settings that shape the policy a run's stages rebuild and load weights into: a later stage
+# with other values would load SFT's or PPO's weights into a different model, silently.
+POLICY_KEYS = (
+    "model",
+    "dataset",
+    "real_data",
+    "seed",
+    "catalog_items",
+    "synthetic_users",
+    "redial_train_max",
+    "item_features",
+    "collab_rank",
+    "collab_weight",
+    "collab_norm",
+    "item_prior",
+    "mention_bonus",
+    "collab_decay",
+    "genre_cues",
+    "people_cues",
+    "lora_r",
+    "train_layers",
+)
+
+
+class RunMismatch(ValueError):
+    """A stage's configuration differs from the run's (``policy_config.json``) in a key of
+    :data:`POLICY_KEYS`."""
+
+
+def check_run(cfg, out: pathlib.Path, *, record: bool = False) -> None:
+    """With ``record`` (SFT, the stage that starts a run), write ``out/policy_config.json``: the
+    values of :data:`POLICY_KEYS`. Otherwise compare with it, when present, and raise
+    :class:`RunMismatch` naming every key that differs (the run's value and this command's)."""
+    path = out / "policy_config.json"
+    mine = {k: getattr(cfg, k) for k in POLICY_KEYS}
+    if record:
+        out.mkdir(parents=True, exist_ok=True)
+        save_atomic(lambda p: p.write_text(json.dumps(mine, indent=1)), path)
+        return
+    if not path.exists():  # a run from before the record, or stages run out of order
+        return
+    theirs = json.loads(path.read_text())
+    diff = [f"{k}={theirs[k]!r} (this command: {mine[k]!r})" for k in mine if k in theirs and theirs[k] != mine[k]]
+    if diff:
+        raise RunMismatch(
+            f"{out} was started (crs-fast sft) with {', '.join(diff)}; pass the run's settings "
+            "(its --config / --set) or start a new run with crs-fast sft"
+        )
+
 
 class Tracker:
     """metrics.jsonl (append; one object per call) and TensorBoard when available."""

@@ -1,13 +1,11 @@
-"""The RLHF pipeline's stages as commands: ``crs-fast sft | train-rm | ppo | eval | demo``.
-
-Everything a stage writes goes under ``--out DIR``: ``sft/policy.safetensors``,
+"""The RLHF pipeline's stages as commands: ``crs-fast sft | train-rm | ppo | eval | demo``. Everything
+a stage writes goes under ``--out DIR``: ``policy_config.json`` (checked by later stages), ``sft/policy.safetensors``,
 ``rm/reward_model.safetensors`` and ``rm/quality.json`` (and ``rm/item_encodings.safetensors``, the
 catalog's sentence embeddings, cached by ``ppo``), ``ppo/checkpoint/`` (written atomically
 every ``save_every`` iterations and on Ctrl-C; ``--resume`` continues from it), ``metrics.jsonl``
 (one JSON object per step or iteration, with its stage), ``eval.json`` and ``report.md`` (the
 comparison table), and ``plots/*.png``. TensorBoard event files too when ``tensorboard`` is
-installed. Models are rebuilt from the configuration and data (deterministic), then loaded.
-"""
+installed. Models are rebuilt from the configuration and data (deterministic), then loaded."""
 
 from __future__ import annotations
 
@@ -46,6 +44,7 @@ from .reward import Scorer, rm_examples, train_reward_model
 from .rollout import rollout
 from .run_io import (
     Tracker,
+    check_run,
     default_device,
     latest_checkpoint,
     load_policy,
@@ -59,9 +58,10 @@ from .run_io import (
 from .sft import sft
 
 
-def setup_stage(cfg: Config, out: pathlib.Path, data: CRSData | None = None):
+def setup_stage(cfg: Config, out: pathlib.Path, data: CRSData | None = None, *, start: bool = False):
     """(data, base policy, tokenizer); ``data`` prepared here unless given (stages run by the
-    demo share one preparation)."""
+    demo share one preparation). ``start`` (SFT) records the run's policy settings, else they are checked."""
+    check_run(cfg, out, record=start)
     data = data or prepare_data(cfg, out / "data")
     policy, tok = build_policy(cfg, data)
     return data, policy, tok
@@ -69,7 +69,7 @@ def setup_stage(cfg: Config, out: pathlib.Path, data: CRSData | None = None):
 
 def run_sft(cfg: Config, out: pathlib.Path, *, data: CRSData | None = None) -> pathlib.Path:
     """SFT from the base model; writes ``sft/policy.safetensors``."""
-    data, policy, tok = setup_stage(cfg, out, data)
+    data, policy, tok = setup_stage(cfg, out, data, start=True)
     policy.to(default_device())
     tracker = Tracker(out)
     with progress_bar(cfg.sft_steps, "SFT") as advance:

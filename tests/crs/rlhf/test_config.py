@@ -152,3 +152,22 @@ def test_the_committed_config_files_load():
     demo, full = CF.Config.load(root / "demo.toml"), CF.Config.load_each(root / "full.toml")
     assert [c.dataset for c in full] == list(CF.DATASETS) and all(c.redial_eval_max == 0 for c in full)
     assert demo.sft_steps < full[0].sft_steps and demo.ppo_iters < full[0].ppo_iters  # the demo is the smaller run
+
+
+def test_later_stages_refuse_a_run_started_with_other_policy_settings(tmp_path, capsys):
+    from crs_fast.cli import main
+    from crs_fast.crs.rlhf import run_io as RI
+
+    cfg = CF.Config.quick(real_data="off")
+    RI.check_run(cfg, tmp_path, record=True)
+    RI.check_run(cfg, tmp_path)  # the same settings pass
+    RI.check_run(dataclasses.replace(cfg, ppo_iters=3, sft_lr=1.0), tmp_path)  # training-only keys may differ
+    with pytest.raises(RI.RunMismatch, match=r"collab_norm=0.0 \(this command: 0.5\)"):
+        RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path)
+    assert main(["ppo", "--quick", "--real-data", "off", "--out", str(tmp_path), "--set", "people_cues=1.0"]) == 2
+    err = capsys.readouterr().err
+    assert "people_cues=0.0 (this command: 1.0)" in err and "start a new run with crs-fast sft" in err
+    assert not (tmp_path / "ppo").exists() and not (tmp_path / "data").exists()  # refused before any work
+    RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path / "old")  # no record: nothing to compare
+    RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path, record=True)  # SFT starts the run anew
+    RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path)
