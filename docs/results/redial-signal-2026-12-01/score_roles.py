@@ -17,7 +17,6 @@ minus the reference. Valid only: a signal that holds here is then chosen with th
 """
 
 import pathlib
-import random
 import sys
 
 import torch
@@ -27,6 +26,7 @@ from crs_fast.crs.data.splits import rec_samples
 from crs_fast.crs.rlhf.collab import cooccurrence_counts
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
+from crs_fast.crs.rlhf.evaluate import cluster_bootstrap_diff
 
 
 def directed_counts(dialogues, index: dict[str, int]) -> torch.Tensor:
@@ -84,20 +84,6 @@ def main(ds: str) -> None:
             out.append(float((sc > sc[index[s.targets[0]]]).sum().item() < 10))
         return out
 
-    def boot(a, b, groups, reps=1000):
-        per: dict[str, list[float]] = {}
-        for x, y, g in zip(a, b, groups, strict=True):
-            acc = per.setdefault(g, [0.0, 0.0])
-            acc[0] += y - x
-            acc[1] += 1
-        rows = list(per.values())
-        rng = random.Random(0)
-        means = sorted(
-            sum(v for v, _ in draw) / sum(c for _, c in draw)
-            for draw in ([rows[rng.randrange(len(rows))] for _ in rows] for _ in range(reps))
-        )
-        return means[reps // 40], means[reps - reps // 40]
-
     variants = {f"role w={w}": {"w_sys": w} for w in (0.0, 0.25, 0.5, 1.5, 2.0)}
     variants.update({f"directed d={d}": {"d": d} for d in (0.25, 0.5, 1.0)})
     variants.update({f"negative w={w}": {"w_neg": w} for w in (0.0, 0.5, -0.5)})
@@ -108,8 +94,8 @@ def main(ds: str) -> None:
         print(f"dedup={dedup} n={len(samples)} reference {sum(ref) / len(ref):.3f}", flush=True)
         for name, kw in variants.items():
             h = hits(samples, dedup, **kw)
-            lo, hi = boot(ref, h, groups)
-            diff = (sum(h) - sum(ref)) / len(h)
+            r = cluster_bootstrap_diff(ref, h, groups)
+            diff, lo, hi = r["diff"], r["lo"], r["hi"]
             print(f"  {name:16s} {sum(h) / len(h):.3f}  diff {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]", flush=True)
 
 
