@@ -27,6 +27,7 @@ from crs_fast.crs.rlhf.collab import cooccurrence_counts
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prepare_data
 from crs_fast.crs.rlhf.evaluate import cluster_bootstrap_diff
+from crs_fast.crs.rlhf.people import item_people
 
 
 def directed_counts(dialogues, index: dict[str, int]) -> torch.Tensor:
@@ -56,7 +57,11 @@ def main(ds: str) -> None:
     damp = (1 + pop) ** -cfg.collab_norm
     prior = cfg.item_prior * torch.log1p(pop)
 
-    def score(context, w_sys=1.0, d=0.0, w_neg=1.0):
+    b = item_people(data.catalog)[1]  # [I, P]: the items' directors and stars
+    shared = b @ b.T  # [I, I] people two items share (weighted as the people bonus weighs them)
+    shared.fill_diagonal_(0)
+
+    def score(context, w_sys=1.0, d=0.0, w_neg=1.0, kin=0.0):
         items: list[tuple[int, str, float]] = []  # (item, role, the seeker's reaction) in first-mention order
         for k, t in enumerate(context):
             # the seeker's reaction: their own turn for their mentions, their next turn for the recommender's
@@ -73,6 +78,8 @@ def main(ds: str) -> None:
             w = w * torch.tensor([w_neg if mood < -0.05 else 1.0 for _, _, mood in items])
             rows = (1 - d) * big_l[m] + d * dir_l[m]
             sc = sc + cfg.collab_weight * (w[:, None] * rows).sum(0)
+            if kin:
+                sc = sc + kin * shared[m].sum(0)
         return sc, [i for i, _, _ in items]
 
     def hits(samples, dedup, **kw):
@@ -87,6 +94,7 @@ def main(ds: str) -> None:
     variants = {f"role w={w}": {"w_sys": w} for w in (0.0, 0.25, 0.5, 1.5, 2.0)}
     variants.update({f"directed d={d}": {"d": d} for d in (0.25, 0.5, 1.0)})
     variants.update({f"negative w={w}": {"w_neg": w} for w in (0.0, 0.5, -0.5)})
+    variants.update({f"shared people k={k}": {"kin": k} for k in (0.1, 0.25, 0.5, 1.0, 2.0)})
     for dedup in (False, True):
         samples = [s for s in rec_samples(data.real_valid, dedup=dedup) if s.targets[0] in index]
         groups = [s.dialogue_id for s in samples]
