@@ -9,11 +9,12 @@ Hyper-parameters (the paper publishes none; ours, with the reason; all in :class
 
 * Policy: SmolLM2-135M-Instruct, only the top 2 of 30 decoder layers, the final norm, an untied
   LM head and the value head train (``train_layers=2``): the frozen trunk is computed once per
-  batch and shared by policy, reference and value, which is what fits SFT + PPO + evaluation
-  into 15 minutes on 2 CPU cores. Item rows of the LM head get a learned attribute part
-  (``item_features``: genre, director and star embeddings shared by every item that has them,
-  starting at zero, lr ``item_lr``): independent rows cannot generalise from a few hundred
-  samples over thousands of items.
+  batch and shared by policy, reference and value: SFT + PPO + evaluation on all of one dataset
+  took 18-22 minutes on 2 CPU cores (configs/demo.toml's sizes: 8). Item rows of the LM head get a
+  learned attribute part (``item_features``: genre, director and star embeddings shared by every
+  item that has them, from zero, lr ``item_lr``): independent rows cannot generalise from a few
+  hundred samples over thousands of items.
+* Settings chosen per dataset on its validation dialogues: :data:`TUNED`, with their figures.
 * Synthetic users know the ``user_pool`` = 400 most-mentioned ReDial movies (anchors and targets
   come from there; any item may be suggested): real demand concentrates on popular titles, and
   it keeps the part of the catalog that the held-out users' ground truth lives in learnable.

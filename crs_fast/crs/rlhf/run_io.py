@@ -59,7 +59,12 @@ def check_run(cfg, out: pathlib.Path, *, record: bool = False) -> None:
         return
     if not path.exists():  # a run from before the record, or stages run out of order
         return
-    theirs = json.loads(path.read_text())
+    try:
+        theirs = json.loads(path.read_text())
+        if not isinstance(theirs, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunMismatch(f"{path} cannot be read ({exc}); start a new run with crs-fast sft") from None
     diff = [f"{k}={theirs[k]!r} (this command: {mine[k]!r})" for k in mine if k in theirs and theirs[k] != mine[k]]
     if diff:
         raise RunMismatch(

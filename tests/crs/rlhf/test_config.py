@@ -171,3 +171,7 @@ def test_later_stages_refuse_a_run_started_with_other_policy_settings(tmp_path, 
     RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path / "old")  # no record: nothing to compare
     RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path, record=True)  # SFT starts the run anew
     RI.check_run(dataclasses.replace(cfg, collab_norm=0.5), tmp_path)
+    for bad in ("{not json", "[1, 2]", ""):  # a damaged record is named, not a traceback
+        (tmp_path / "policy_config.json").write_text(bad)
+        with pytest.raises(RI.RunMismatch, match="policy_config.json cannot be read"):
+            RI.check_run(cfg, tmp_path)
