@@ -64,7 +64,8 @@ def test_dataset_tables_and_both(tmp_path):
     )
     each = CF.Config.load_each(f)
     assert [c.dataset for c in each] == ["redial", "opendialkg"]
-    assert (each[0].collab_rank, each[0].sft_steps, each[0].ppo_iters) == (64, 7, 3)
+    # ReDial's rank is its tuned one: the file's [opendialkg] table does not reach it
+    assert (each[0].collab_rank, each[0].sft_steps, each[0].ppo_iters) == (CF.TUNED["redial"]["collab_rank"], 7, 3)
     assert (each[1].collab_rank, each[1].sft_steps, each[1].ppo_iters) == (512, 9, 20)
     one = CF.Config.load(f, dataset="opendialkg", sft_steps=2)  # flags beat the file's table
     assert (one.collab_rank, one.sft_steps) == (512, 2)
