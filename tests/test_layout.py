@@ -26,7 +26,7 @@ FAMILIES = {
 RLHF_LAYERS = [
     {"config", "lm", "encoder", "collab", "mention", "cues", "people"},
     {"corpus", "baselines"},
-    {"policy", "reward"},
+    {"policy", "reward", "neighbours"},
     {"build"},
     {"sft", "rollout"},
     {"anchor"},

@@ -14,6 +14,7 @@ from .config import Config
 from .corpus import CRSData, corpus
 from .cues import cue_tokens, item_cues
 from .lm import add_item_tokens, item_attribute_index, load_lm
+from .neighbours import build_neighbours
 from .people import item_people, name_table
 from .policy import ITEM_PARTS, Policy
 
@@ -61,7 +62,23 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         people=people,
         people_weight=cfg.people_cues,
     )
+    if cfg.knn_weight:  # the real training dialogues' recommender turns vote (synthetic ones are templates)
+        real = [d for d in data.train if not d.id.startswith("synth")]
+        policy.neighbours = build_neighbours(tok, data.catalog, real, _encoder().encode, cfg)
     return policy, tok
+
+
+def _encoder():
+    """The sentence encoder the neighbour bonus embeds contexts with (one per process: MiniLM, frozen)."""
+    global _ENCODER
+    if _ENCODER is None:
+        from .encoder import SentenceEncoder
+
+        _ENCODER = SentenceEncoder()
+    return _ENCODER
+
+
+_ENCODER = None
 
 
 def param_groups(policy: Policy, lr: float, item_lr: float, frozen: tuple[str, ...] = ()) -> list[dict[str, Any]]:

@@ -81,6 +81,10 @@ TUNED: dict[str, dict[str, Any]] = {
         "collab_norm": 0.25,  # a context item's co-occurrence row damped by (1 + its mentions)^-0.25
         "genre_cues": 0.25,  # genres named by the dialogue's words ("scary", "comedy")
         "people_cues": 3.0,  # directors and stars the dialogue names
+        # what recommenders answered to the 200 most similar training contexts (neighbours.py): pooled
+        # 0.219 / 0.182 -> 0.227 / 0.190 at 0.25 (0.5 the same, 1.5 less; valid alone 0.241 / 0.195 ->
+        # 0.236 / 0.201; docs/results/ctx-knn-2026-12-01)
+        "knn_weight": 0.25,
         # SFT and PPO keep that ranking: SFT's item parts at 1e-6 (valid 0.231 / 0.184 kept; 1e-5
         # gave 0.197 / 0.142; docs/results/ppo-erosion-2026-11-30), PPO leaves every item part as
         # SFT left it (valid after PPO 0.238 / 0.195; learned rows alone frozen 0.225 / 0.184;
@@ -108,73 +112,26 @@ TUNED: dict[str, dict[str, Any]] = {
 
 
 # Config keys that must be > 0 and >= 0 (Config.__post_init__).
+# fmt: off
 _CFG_POSITIVE = [
-    "catalog_items",
-    "synthetic_users",
-    "max_context",
-    "max_response",
-    "sft_batch",
-    "sft_epochs",
-    "sft_lr",
-    "item_lr",
-    "ppo_item_lr",
-    "anchor_temp",
-    "item_fit_lr",
-    "item_fit_batch",
-    "rm_lr",
-    "rm_batch",
-    "ppo_iters",
-    "episodes",
-    "turns",
-    "new_tokens",
-    "ppo_epochs",
-    "minibatch",
-    "ppo_lr",
-    "clip",
-    "value_clip",
-    "kl_horizon",
-    "max_grad_norm",
-    "eval_users",
-    "eval_every",
-    "val_users",
-    "save_every",
-    "bootstrap",
+    "catalog_items", "synthetic_users", "max_context", "max_response", "sft_batch", "sft_epochs", "sft_lr",
+    "item_lr", "ppo_item_lr", "anchor_temp", "item_fit_lr", "item_fit_batch", "rm_lr", "rm_batch", "ppo_iters",
+    "episodes", "turns", "new_tokens", "ppo_epochs", "minibatch", "ppo_lr", "clip", "value_clip", "kl_horizon",
+    "max_grad_norm", "eval_users", "eval_every", "val_users", "save_every", "bootstrap", "knn_k", "knn_tau",
+    "knn_turns"
 ]
+# fmt: on
 
 
+# fmt: off
 _CFG_NON_NEGATIVE = [
-    "user_pool",
-    "redial_train_max",
-    "rm_redial_max",
-    "sft_steps",
-    "rm_epochs",
-    "rm_online_steps",
-    "w_dwell",
-    "w_sentiment",
-    "w_engagement",
-    "w_satisfaction",
-    "vf_coef",
-    "ent_coef",
-    "kl_beta",
-    "temperature",
-    "item_pg",
-    "eval_offset",
-    "redial_eval_max",
-    "lora_r",
-    "train_layers",
-    "collab_rank",
-    "collab_weight",
-    "collab_norm",
-    "mention_bonus",
-    "item_prior",
-    "genre_cues",
-    "people_cues",
-    "anchor_kl",
-    "anchor_contexts",
-    "item_fit_epochs",
-    "item_fit_wd",
-    "item_fit_contexts",
+    "user_pool", "redial_train_max", "rm_redial_max", "sft_steps", "rm_epochs", "rm_online_steps", "w_dwell",
+    "w_sentiment", "w_engagement", "w_satisfaction", "vf_coef", "ent_coef", "kl_beta", "temperature", "item_pg",
+    "eval_offset", "redial_eval_max", "lora_r", "train_layers", "collab_rank", "collab_weight", "collab_norm",
+    "mention_bonus", "item_prior", "genre_cues", "people_cues", "anchor_kl", "anchor_contexts", "item_fit_epochs",
+    "item_fit_wd", "item_fit_contexts", "knn_weight"
 ]
+# fmt: on
 
 
 @dataclass
@@ -196,6 +153,10 @@ class Config:
     collab_decay: float = 1.0  # in (0, 1]: the context's items weigh decay^(items mentioned after them); 1 plain sum
     genre_cues: float = 0.0  # weight of the genres named by the dialogue's words in the item logits (collab_rank > 0)
     people_cues: float = 0.0  # bonus on the items of the directors and stars the dialogue names (people.py); 0 off
+    knn_weight: float = 0.0  # bonus on what recommenders answered to the most similar training contexts (neighbours.py)
+    knn_k: int = 200  # how many similar training contexts vote
+    knn_tau: float = 0.1  # their votes exp((sim - best sim) / tau)
+    knn_turns: int = 3  # a context is matched by its last knn_turns lines
     synthetic_users: int = 400  # synthetic logged dialogues (SFT and R_phi data)
     redial_train_max: int = 0  # ReDial training dialogues (train_data, then train_extra); 0: all of them
     rm_redial_max: int = 200  # ReDial dialogues whose turns train R_phi (with all synthetic ones)

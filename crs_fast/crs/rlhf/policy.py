@@ -63,9 +63,10 @@ class Policy(nn.Module):
     ``mention_bonus = beta`` (not None) adds a learned scalar :attr:`item_repeat` (starting at
     ``beta``) to the logit of every item already mentioned, ``+ beta [i in S_t]``: recommenders
     re-mention items (about a tenth of ReDial's recommendation samples), which no low-rank term
-    expresses. ``people = (name_table, B [I, P])`` adds the people named so far,
-    ``people_weight * sum_p [p named up to t] B_ip`` (:mod:`~crs_fast.crs.rlhf.people`). Both make
-    the context bonus (:meth:`context_bonus`), exact on top of the fused head
+    expresses. ``people = (name_table, B [I, P])`` adds the people named so far, ``people_weight *
+    sum_p [p named up to t] B_ip`` (:mod:`~crs_fast.crs.rlhf.people`); :attr:`neighbours` (set after
+    construction) what recommenders answered to similar requests (:mod:`~crs_fast.crs.rlhf.neighbours`).
+    They make the context bonus (:meth:`context_bonus`), exact on top of the fused head
     (:mod:`~crs_fast.crs.rlhf.mention`). Decoding with ``no_repeat_items`` bans the mentioned items:
     it changes rankings and log-probs, not rollouts.
     """
@@ -90,8 +91,7 @@ class Policy(nn.Module):
         self.lm = lm
         hidden = lm.config.hidden_size
         self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        nn.init.zeros_(self.value_head.weight), nn.init.zeros_(self.value_head.bias)
         self.register_buffer("item_ids", item_ids.clone(), persistent=False)
         index = torch.full((lm.get_output_embeddings().weight.shape[0],), -1, dtype=torch.int64)
         index[item_ids] = torch.arange(len(item_ids))
@@ -125,9 +125,7 @@ class Policy(nn.Module):
         if collab is not None:
             p, q = collab
             if p.ndim != 2 or p.shape != q.shape or p.shape[0] != len(item_ids):
-                raise ValueError(
-                    f"collab factors must both be [{len(item_ids)}, r]; got {tuple(p.shape)} and {tuple(q.shape)}"
-                )
+                raise ValueError(f"collab factors must both be [{len(item_ids)}, r]; got {p.shape} and {q.shape}")
             self.register_buffer("collab_p", p.detach().float().clone())
             self.register_buffer("collab_q", (collab_weight * q.detach()).float().clone())
             if item_prior is not None and tuple(item_prior.shape) != (len(item_ids),):
@@ -153,6 +151,7 @@ class Policy(nn.Module):
                 raise ValueError(f"mention_bonus must be finite, got {mention_bonus}")
             self.item_repeat = nn.Parameter(torch.tensor(float(mention_bonus)))
         self.people = None if people is None else people_mod.PeopleBonus(*people, people_weight, len(item_ids))
+        self.neighbours: nn.Module | None = None  # a neighbours.NeighbourBonus (build_policy sets it)
 
     @property
     def device(self) -> torch.device:
@@ -230,14 +229,15 @@ class Policy(nn.Module):
     def context_bonus(self, input_ids: torch.Tensor, mentions: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(items [B, M], bonus [B, T, M]): each row's candidates (-1 padding) and their bonus after
         each position, ``beta [i in S_t] + people_weight sum_{p named up to t} B_ip`` (differentiable
-        in ``beta``; :func:`~crs_fast.crs.rlhf.mention.step_bonus`); ``mentions=False``: people only."""
+        in ``beta``; :func:`~crs_fast.crs.rlhf.mention.step_bonus`); ``mentions=False``: without ``beta``."""
         B, T = input_ids.shape
         steps = []
         if mentions and self.item_repeat is not None:
             at, item = mention.first_mentions(self.item_index, input_ids)
             steps.append((at // T, at % T, item, self.item_repeat.float().expand(len(at))))
-        if self.people is not None:
-            steps.append(self.people.events(input_ids))
+        for part in (self.people, self.neighbours):
+            if part is not None:
+                steps.append(part.events(input_ids))
         if not steps:
             return None
         return mention.step_bonus(*(torch.cat(x) for x in zip(*steps, strict=True)), B, T)

@@ -37,6 +37,10 @@ POLICY_KEYS = (
     "collab_decay",
     "genre_cues",
     "people_cues",
+    "knn_weight",
+    "knn_k",
+    "knn_tau",
+    "knn_turns",
     "lora_r",
     "train_layers",
 )
