@@ -37,8 +37,9 @@ class Queries:
 
     ``q`` [P, D]: the query after each distinct prompt; ``ment`` [P, M]: the catalog indices its
     clipped tokens mention (-1 padding; what the mention bonus marks); ``named``, ``named_w`` [P,
-    K]: the items of the people it names and their bonus (-1 / 0 padding; None without a people
-    bonus); per sample ``prompt`` [N] (row of ``q``), ``target`` [N] (catalog index) and
+    K]: the items of the context bonus without the mention bonus (the people it names, the
+    neighbour bonus) and their bonus (-1 / 0 padding; None without either); per sample ``prompt``
+    [N] (row of ``q``), ``target`` [N] (catalog index) and
     ``banned`` [N, K] (the sample's mentioned items, -1 padding: what the dedup protocol excludes)."""
 
     q: torch.Tensor
@@ -103,14 +104,15 @@ def queries(
                 named[r] = ([x for x in it if x >= 0], [v for x, v in zip(it, w, strict=True) if x >= 0])
         if progress:
             progress(len(rows))
+    bonus = policy.people is not None or policy.neighbours is not None  # the context bonus without beta
     return Queries(
         q=q,
         ment=_pad(ments).to(dev),
         prompt=torch.tensor([where[s.prompt] for s in samples], dtype=torch.int64, device=dev),
         target=torch.tensor([index[s.target] for s in samples], dtype=torch.int64, device=dev),
         banned=_pad([[index[m] for m in s.mentioned if m in index] for s in samples]).to(dev),
-        named=_pad([n[0] for n in named]).to(dev) if policy.people is not None else None,
-        named_w=_pad([n[1] for n in named], 0.0, torch.float32).to(dev) if policy.people is not None else None,
+        named=_pad([n[0] for n in named]).to(dev) if bonus else None,
+        named_w=_pad([n[1] for n in named], 0.0, torch.float32).to(dev) if bonus else None,
     )
 
 

@@ -135,7 +135,6 @@ def test_policy_carries_the_bonus_in_logits_logprobs_and_rankings(setup):
             torch.testing.assert_close(lp, logp.gather(-1, x[:, 1:, None]).squeeze(-1), atol=2e-5, rtol=2e-5)
             torch.testing.assert_close(ent, -(logp.exp() * logp).sum(-1), atol=2e-5, rtol=2e-5)
             assert not torch.allclose(lp, plain_lp)
-            last = attn.sum(1) - 1
             cb, ct = NB.cue_positions(bonus.cue, x)
             at = [max(t for b, t in zip(cb.tolist(), ct.tolist(), strict=True) if b == r) for r in range(2)]
             kb = torch.stack(
@@ -175,3 +174,26 @@ def test_build_switch_and_errors(setup, tmp_path, monkeypatch):
     for key, bad in (("knn_k", 0), ("knn_tau", 0.0), ("knn_turns", 0), ("knn_weight", -1.0)):
         with pytest.raises(ValueError, match=f"Config.{key}"):
             Config(**{key: bad})
+
+
+def test_item_fit_queries_carry_the_bonus_without_people(setup):
+    from crs_fast.crs.rlhf import item_fit as IF
+    from crs_fast.crs.rlhf.evaluate import Sample
+
+    catalog, tok, policy, bonus, keys, targets = setup
+    ids = catalog.ids()
+    prompts = ["User: funny space\nSystem:", f"User: like scary old {LM.item_token(ids[1])}\nSystem:"]
+    samples = [Sample(prompts[0], ids[4], []), Sample(prompts[1], ids[2], [ids[1]])]
+    policy.neighbours = bonus
+    try:
+        with torch.no_grad():
+            data = IF.queries(policy, tok, samples, {i: n for n, i in enumerate(ids)}, Config.quick(real_data="off"))
+            assert policy.people is None and data.named is not None
+            got = IF.item_logits(policy, data)
+            for n, p in enumerate(prompts):
+                xp, ap = CO.pad_right([tok(p, add_special_tokens=False)["input_ids"]], tok.pad_token_id)
+                torch.testing.assert_close(
+                    got[n], next_token_logits(policy, xp, ap)[0, policy.item_ids], atol=1e-4, rtol=1e-4
+                )
+    finally:
+        policy.neighbours = None
