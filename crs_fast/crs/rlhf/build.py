@@ -11,7 +11,7 @@ import torch
 
 from .collab import cooccurrence_counts, cooccurrence_factors
 from .config import Config
-from .corpus import CRSData, corpus
+from .corpus import CRSData, corpus, real_training
 from .cues import cue_tokens, item_cues
 from .lm import add_item_tokens, item_attribute_index, load_lm
 from .neighbours import build_neighbours
@@ -63,8 +63,7 @@ def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:
         people_weight=cfg.people_cues,
     )
     if cfg.knn_weight:  # the real training dialogues' recommender turns vote (synthetic ones are templates)
-        real = [d for d in data.train if not d.id.startswith("synth")]
-        policy.neighbours = build_neighbours(tok, data.catalog, real, _encoder().encode, cfg)
+        policy.neighbours = build_neighbours(tok, data.catalog, real_training(data), _encoder().encode, cfg)
     return policy, tok
 
 

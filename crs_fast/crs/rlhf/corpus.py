@@ -36,6 +36,27 @@ class CRSData:
     dataset: str = "redial"  # which real dataset: "redial" or "opendialkg"
 
 
+def real_training(data: CRSData) -> list[Dialogue]:
+    """The real dataset's training dialogues among ``data.train`` (the synthetic ones have ids "synth...")."""
+    return [d for d in data.train if not d.id.startswith("synth")]
+
+
+def choice_folds(data: CRSData, folds: int = 5, seed: int = 0) -> list[tuple[str, list[Dialogue], list[Dialogue]]]:
+    """Where settings are chosen, as (name, training dialogues, held-out dialogues): ``("valid",
+    data.train, data.real_valid)``, then ``folds`` cross-validation folds ``("cv<f>", data.train
+    without fold f, fold f)`` of the real training dialogues, dealt round-robin after a shuffle
+    seeded by ``seed`` (synthetic dialogues always train). No test dialogue is used."""
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    real = real_training(data)
+    random.Random(seed).shuffle(real)
+    out = [("valid", list(data.train), list(data.real_valid or []))]
+    for f in range(folds):
+        held = {d.id for d in real[f::folds]}
+        out.append((f"cv{f}", [d for d in data.train if d.id not in held], real[f::folds]))
+    return out
+
+
 def redial_paths() -> dict[str, pathlib.Path]:
     root = data_dir() / "redial"
     return {

@@ -14,13 +14,12 @@ import dataclasses
 import itertools
 import json
 import pathlib
-import random
 
 import torch
 
 from crs_fast.crs.rlhf.build import _encoder, build_policy
 from crs_fast.crs.rlhf.config import Config
-from crs_fast.crs.rlhf.corpus import prepare_data
+from crs_fast.crs.rlhf.corpus import choice_folds, prepare_data
 from crs_fast.crs.rlhf.evaluate import cluster_bootstrap_diff, real_samples
 from crs_fast.crs.rlhf.item_fit import _marks, item_logits, queries
 from crs_fast.crs.rlhf.mention import scatter_bonus
@@ -36,12 +35,7 @@ def main() -> None:
     cfg = Config.load(None, dataset="redial")
     data = prepare_data(cfg, pathlib.Path("runs/cv_knn/redial"))
     index = {i: n for n, i in enumerate(data.catalog.ids())}
-    real = [d for d in data.train if not d.id.startswith("synth")]
-    random.Random(0).shuffle(real)
-    folds = [("valid", data.train, data.real_valid)]
-    for f in range(5):
-        held = {d.id for d in real[f::5]}
-        folds.append((f"cv{f}", [d for d in data.train if d.id not in held], real[f::5]))
+    folds = choice_folds(data)  # valid, then 5 folds of the training dialogues
     enc = _encoder().encode
     hits: dict[tuple, dict[bool, list[float]]] = {}
     groups: dict[bool, list[str]] = {False: [], True: []}
@@ -49,7 +43,7 @@ def main() -> None:
     for name, train, dialogues in folds:
         policy, tok = build_policy(cfg, dataclasses.replace(data, train=train))
         policy.eval()
-        train_real = [d for d in train if not d.id.startswith("synth")]
+        train_real = [d for d in train if not d.id.startswith("synth")]  # as build_policy's keys
         for dedup in (False, True):
             samples = real_samples(dialogues, data.catalog, dedup=dedup)
             qs = queries(policy, tok, samples, index, cfg, hidden=False)

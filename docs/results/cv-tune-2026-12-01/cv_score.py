@@ -17,14 +17,13 @@ import dataclasses
 import itertools
 import json
 import pathlib
-import random
 import sys
 
 import torch
 
 from crs_fast.crs.rlhf.build import build_policy
 from crs_fast.crs.rlhf.config import Config
-from crs_fast.crs.rlhf.corpus import prepare_data
+from crs_fast.crs.rlhf.corpus import choice_folds, prepare_data
 from crs_fast.crs.rlhf.evaluate import cluster_bootstrap_diff, real_samples
 from crs_fast.crs.rlhf.item_fit import _marks, queries
 from crs_fast.crs.rlhf.mention import scatter_bonus
@@ -110,12 +109,7 @@ def main(rank: int) -> None:
     )
     data = prepare_data(cfg, pathlib.Path("runs/cv_score/redial"))
     settings = [dict(zip(GRID, v, strict=True)) for v in itertools.product(*GRID.values())]
-    real = [d for d in data.train if not d.id.startswith("synth")]
-    random.Random(0).shuffle(real)
-    folds = [("valid", data.train, data.real_valid)]
-    for f in range(5):
-        held = {d.id for d in real[f::5]}
-        folds.append((f"cv{f}", [d for d in data.train if d.id not in held], real[f::5]))
+    folds = choice_folds(data)  # valid, then 5 folds of the training dialogues
     hits: dict[str, dict[bool, list[float]]] = {}
     groups: dict[bool, list[str]] = {False: [], True: []}
     valid_n: dict[bool, int] = {}

@@ -115,3 +115,26 @@ def test_items_a_turn_names_by_title_become_item_tokens():
     assert CO.response_text(s, catalog) == f" {item_token(c)} You would like that one {item_token(a)}"
     p = CO.prompt([t, s], catalog)
     assert items_in(p) == [b, a, c, a]
+
+
+def test_choice_folds_partition_the_real_training_dialogues(tmp_path):
+    data = CO.prepare_data(CF.Config.quick(real_data="off"), tmp_path)
+    for n, d in enumerate(data.train[:23]):  # 23 "real" ones among the synthetic
+        d.id = f"real-{n}"
+    data.real_valid = data.valid[:3]
+    real = {d.id for d in CO.real_training(data)}
+    assert len(real) == 23
+    folds = CO.choice_folds(data, folds=5, seed=1)
+    assert [f[0] for f in folds] == ["valid", "cv0", "cv1", "cv2", "cv3", "cv4"]
+    assert folds[0][1] == data.train and folds[0][2] == data.real_valid
+    held = [d.id for _, _, h in folds[1:] for d in h]
+    assert sorted(held) == sorted(real) and len(set(held)) == 23  # each real dialogue held out once
+    for _, train, h in folds[1:]:
+        out = {d.id for d in h}
+        assert 4 <= len(out) <= 5 and not out & {d.id for d in train}
+        assert len(train) == len(data.train) - len(out)  # the synthetic ones always train
+    assert [[d.id for d in h] for _, _, h in CO.choice_folds(data, folds=5, seed=1)[1:]] == [
+        [d.id for d in h] for _, _, h in folds[1:]
+    ]
+    with pytest.raises(ValueError, match="folds must be >= 2"):
+        CO.choice_folds(data, folds=1)
