@@ -19,7 +19,11 @@ from .people import item_people, name_table
 from .policy import ITEM_PARTS, Policy
 
 ROW_PARTS = ("item_out", "item_attr.")  # the learned item rows: output rows and attribute embeddings
-FROZEN = {"none": (), "rows": ROW_PARTS, "items": ITEM_PARTS}  # Config.ppo_freeze -> the parts PPO leaves
+# the LM under its head (embeddings, layers, final norm; plain or wrapped in LoRA): the item query
+TRUNK_PARTS = ("lm.model.", "lm.base_model.model.model.")
+# Config.ppo_freeze -> the parts PPO leaves as SFT left them; "query": the item scores at every
+# context stay SFT's exactly (PPO trains the LM head's text rows and the value head)
+FROZEN = {"none": (), "rows": ROW_PARTS, "items": ITEM_PARTS, "query": ITEM_PARTS + TRUNK_PARTS}
 
 
 def build_policy(cfg: Config, data: CRSData) -> tuple[Policy, Any]:

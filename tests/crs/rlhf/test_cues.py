@@ -163,7 +163,13 @@ def test_policy_and_config_errors(setup):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, q), cues=(token_cue, a), cue_weight=float("nan"))
     with pytest.raises(ValueError, match="collab_decay must be in"):
         PO.Policy(policy.lm, policy.item_ids, collab=(p, q), collab_decay=0.0)
-    for key, bad in (("collab_decay", 0.0), ("collab_decay", 1.2), ("genre_cues", -0.5), ("ppo_freeze", "bias")):
+    for key, bad in (
+        ("collab_decay", 0.0),
+        ("collab_decay", 1.2),
+        ("genre_cues", -0.5),
+        ("ppo_freeze", "bias"),
+        ("ppo_freeze", "trunk"),
+    ):
         with pytest.raises(ValueError, match=f"Config.{key}"):
             Config(**{key: bad})
 
@@ -184,6 +190,7 @@ def test_frozen_rows_leave_ppo_groups(setup):
     catalog, policy, *_ = setup
     policy.zero_grad()
     assert BU.FROZEN["rows"] == BU.ROW_PARTS and BU.FROZEN["items"] == PO.ITEM_PARTS and not BU.FROZEN["none"]
+    assert BU.FROZEN["query"] == PO.ITEM_PARTS + BU.TRUNK_PARTS
     groups = BU.param_groups(policy, 1e-3, 2e-3, frozen=BU.FROZEN["rows"])
     in_groups = {id(t) for g in groups for t in g["params"]}
     for name, prm in policy.named_parameters():

@@ -14,7 +14,10 @@ import pytest
 import torch
 from helpers import real_data_dir
 
+from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import config as CF
+from crs_fast.crs.rlhf import corpus as CO
+from crs_fast.crs.rlhf import evaluate as EV
 from crs_fast.crs.rlhf import run_io as IO
 from crs_fast.crs.rlhf import stages as ST
 
@@ -72,6 +75,24 @@ def test_ppo_with_frozen_rows_keeps_sfts_item_rows(trained, tmp_path, encoder):
     rows = [n for n in after if n.startswith(("item_out", "item_attr."))]
     assert rows and all(torch.equal(after[n], before[n]) for n in rows)
     assert not torch.equal(after["item_bias"], before["item_bias"])  # the other item parts still train
+
+
+def test_ppo_with_frozen_query_keeps_sfts_rankings_exactly(trained, tmp_path, encoder):
+    cfg, out, _ = trained
+    _copy_stages(out, tmp_path)
+    frozen = dataclasses.replace(cfg, ppo_freeze="query", ppo_iters=1)
+    policy = ST.run_ppo(frozen, tmp_path, encoder=encoder).eval()
+    data, sft_policy, tok = ST.setup_stage(cfg, tmp_path)
+    IO.load_policy(sft_policy, tmp_path / "sft" / "policy.safetensors")
+    sft_policy.eval()
+    after, before = dict(policy.named_parameters()), dict(sft_policy.named_parameters())
+    kept = [n for n in after if n.startswith(BU.FROZEN["query"])]
+    assert any(n.startswith(BU.TRUNK_PARTS) for n in kept) and any(n.startswith("item_") for n in kept)
+    assert all(torch.equal(after[n], before[n]) for n in kept)
+    moved = [n for n in after if not torch.equal(after[n], before[n])]
+    assert moved and all(not n.startswith(BU.FROZEN["query"]) for n in moved)  # the heads trained
+    prompts = [CO.prompt(d.turns[:i], data.catalog) for d in data.train[:6] for i in (1, 3)]
+    assert EV.top_lists(policy, tok, prompts, 20, cfg) == EV.top_lists(sft_policy, tok, prompts, 20, cfg)
 
 
 def test_two_process_ddp_step_keeps_ranks_identical(trained, tmp_path, small):
