@@ -30,6 +30,7 @@ from .lm import render
 
 CUE = "System:"  # what opens a recommender turn in a prompt (corpus.prompt)
 _SELF = 1.0 - 1e-6  # a key at least this similar is the context itself
+_MAX_PREFIXES = 200_000  # decoded prefixes kept (about 0.6 KB each) before the cache starts over
 
 
 def context_text(prompt: str, catalog: Catalog, turns: int) -> str:
@@ -65,7 +66,8 @@ class NeighbourBonus(torch.nn.Module):
     """The nearest-neighbour bonus (module docstring). ``keys`` [N, D] unit vectors and
     ``targets`` [N] (catalog indices) are non-persistent buffers, rebuilt from the training
     dialogues like the co-occurrence factors; ``encode(texts) -> [n, D]`` embeds contexts
-    (results cached per text: the SFT and PPO forwards see the same contexts many times)."""
+    (results cached per text, texts per token prefix: the SFT and PPO forwards and every decoding
+    step see the same contexts many times)."""
 
     def __init__(
         self,
@@ -92,12 +94,14 @@ class NeighbourBonus(torch.nn.Module):
         cue = tok(CUE, add_special_tokens=False)["input_ids"]
         self.register_buffer("cue", torch.tensor(cue, dtype=torch.int64), persistent=False)
         self._memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._texts: dict[bytes, str] = {}  # context text per kept-token prefix (int32 bytes)
 
     def __deepcopy__(self, memo: dict) -> NeighbourBonus:
-        """A copy that shares the tokenizer, catalog, encoder and cache (all read-only)."""
+        """A copy that shares the tokenizer, catalog, encoder and caches (all read-only)."""
         out = NeighbourBonus.__new__(NeighbourBonus)
         torch.nn.Module.__init__(out)
         out.tok, out.catalog, out.encode, out._memo = self.tok, self.catalog, self.encode, self._memo
+        out._texts = self._texts
         out.k, out.tau, out.weight, out.turns = self.k, self.tau, self.weight, self.turns
         for name, buf in self.named_buffers():
             out.register_buffer(name, buf.clone(), persistent=False)
@@ -129,14 +133,19 @@ class NeighbourBonus(torch.nn.Module):
         is read without special tokens (padding on either side, EOS), as the keys were."""
         b, t = cue_positions(self.cue, input_ids)
         special = set(getattr(self.tok, "all_special_ids", []))  # padding (left in prompts), EOS between turns
-        rows = [[v for v in row if v not in special] for row in input_ids.cpu().tolist()]
         kept = ~torch.isin(input_ids, torch.tensor(sorted(special), dtype=input_ids.dtype, device=input_ids.device))
         upto = kept.cumsum(1).cpu().tolist()  # tokens kept up to each position
-        texts = [
-            context_text(self.tok.decode(rows[r][: upto[r][p]]), self.catalog, self.turns)
-            for r, p in zip(b.tolist(), t.tolist(), strict=True)
-        ]
-        found = self.scores(texts)
+        ids = input_ids.cpu()
+        rows = [ids[r][kept[r].cpu()].to(torch.int32).numpy() for r in range(ids.shape[0])]
+        # The same prefix recurs at every decoding step and in every PPO epoch: its text is decoded once.
+        prefixes = [rows[r][: upto[r][p]].tobytes() for r, p in zip(b.tolist(), t.tolist(), strict=True)]
+        if len(self._texts) > _MAX_PREFIXES:
+            self._texts.clear()
+        for key, r, p in zip(prefixes, b.tolist(), t.tolist(), strict=True):
+            if key not in self._texts:
+                text = self.tok.decode(rows[r][: upto[r][p]].tolist())
+                self._texts[key] = context_text(text, self.catalog, self.turns)
+        found = self.scores([self._texts[key] for key in prefixes])
         out: list[tuple[torch.Tensor, ...]] = []
         for n, (items, w) in enumerate(found):
             if not len(items):

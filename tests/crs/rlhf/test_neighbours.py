@@ -113,6 +113,30 @@ def test_bonus_follows_the_formula_at_every_position(setup):
     assert items.tolist() == [2] and w.tolist() == pytest.approx([W])
 
 
+def test_prefix_cache_decodes_each_context_once_and_changes_nothing(setup, monkeypatch):
+    catalog, tok, policy, bonus, keys, targets = setup
+    it = [LM.item_token(i) for i in catalog.ids()]
+    texts = [f"User: hi scary\nSystem: {it[2]} old\nUser: funny\nSystem:", f"User: like {it[5]}\nSystem:"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    left, _ = CO.pad_right(rows, tok.pad_token_id)
+    fresh = copy.deepcopy(bonus)
+    fresh._texts, fresh._memo = {}, {}
+    first = fresh.events(left)
+    calls = []
+    decode = tok.decode
+    monkeypatch.setattr(tok, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    # the same rows again, left-padded and with a token appended (as at the next decoding step)
+    pad = max(map(len, rows)) + 1
+    grown = torch.tensor([[tok.pad_token_id] * (pad - len(r) - 1) + r + [rows[0][0]] for r in rows])
+    again = fresh.events(grown)
+    assert calls == []  # every cue's prefix was decoded by the first call
+    shift = grown.shape[1] - 1 - torch.tensor([len(r) for r in rows])
+    for a, b in zip(first[2:], again[2:], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1] + shift[first[0]], again[1])
+    assert len(first[0]) > 0
+
+
 def test_policy_carries_the_bonus_in_logits_logprobs_and_rankings(setup):
     catalog, tok, policy, bonus, keys, targets = setup
     it = [LM.item_token(i) for i in catalog.ids()]
