@@ -97,7 +97,7 @@ class NeighbourBonus(torch.nn.Module):
         self._texts: dict[bytes, str] = {}  # context text per kept-token prefix (int32 bytes)
 
     def __deepcopy__(self, memo: dict) -> NeighbourBonus:
-        """A copy that shares the tokenizer, catalog, encoder and caches (all read-only)."""
+        """A copy that shares the tokenizer, catalog and encoder (read-only) and the caches (shared, growing)."""
         out = NeighbourBonus.__new__(NeighbourBonus)
         torch.nn.Module.__init__(out)
         out.tok, out.catalog, out.encode, out._memo = self.tok, self.catalog, self.encode, self._memo
@@ -134,17 +134,17 @@ class NeighbourBonus(torch.nn.Module):
         b, t = cue_positions(self.cue, input_ids)
         special = set(getattr(self.tok, "all_special_ids", []))  # padding (left in prompts), EOS between turns
         kept = ~torch.isin(input_ids, torch.tensor(sorted(special), dtype=input_ids.dtype, device=input_ids.device))
-        upto = kept.cumsum(1).cpu().tolist()  # tokens kept up to each position
-        ids = input_ids.cpu()
-        rows = [ids[r][kept[r].cpu()].to(torch.int32).numpy() for r in range(ids.shape[0])]
+        kept, ids = kept.cpu(), input_ids.cpu()
+        upto = kept.cumsum(1).tolist()  # tokens kept up to each position
+        rows = [ids[r][kept[r]].to(torch.int32).numpy() for r in range(ids.shape[0])]
         # The same prefix recurs at every decoding step and in every PPO epoch: its text is decoded once.
-        prefixes = [rows[r][: upto[r][p]].tobytes() for r, p in zip(b.tolist(), t.tolist(), strict=True)]
+        heads = [rows[r][: upto[r][p]] for r, p in zip(b.tolist(), t.tolist(), strict=True)]
+        prefixes = [h.tobytes() for h in heads]
         if len(self._texts) > _MAX_PREFIXES:
             self._texts.clear()
-        for key, r, p in zip(prefixes, b.tolist(), t.tolist(), strict=True):
+        for key, head in zip(prefixes, heads, strict=True):
             if key not in self._texts:
-                text = self.tok.decode(rows[r][: upto[r][p]].tolist())
-                self._texts[key] = context_text(text, self.catalog, self.turns)
+                self._texts[key] = context_text(self.tok.decode(head.tolist()), self.catalog, self.turns)
         found = self.scores([self._texts[key] for key in prefixes])
         out: list[tuple[torch.Tensor, ...]] = []
         for n, (items, w) in enumerate(found):
