@@ -221,3 +221,16 @@ def test_item_fit_queries_carry_the_bonus_without_people(setup):
                 )
     finally:
         policy.neighbours = None
+
+
+def test_events_on_strided_rows_and_rows_without_cues(setup):
+    catalog, tok, policy, bonus, keys, targets = setup
+    it = [LM.item_token(i) for i in catalog.ids()]
+    texts = [f"User: hi scary {it[1]}\nSystem:", "User: funny space\nSystem:", "hi old"]
+    x, _ = CO.pad_right([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id)
+    wide = torch.stack([x, torch.zeros_like(x)], -1).reshape(x.shape[0], -1)[:, ::2]  # a strided view
+    assert not wide.is_contiguous() and torch.equal(wide, x)
+    for a, b in zip(bonus.events(x), bonus.events(wide), strict=True):
+        assert torch.equal(a, b)
+    none = bonus.events(x[2:])  # a row without a cue: no events
+    assert all(len(v) == 0 for v in none)
