@@ -34,6 +34,7 @@ RLHF_LAYERS = [
     {"item_fit"},
     {"run_io", "compare"},
     {"report"},
+    {"eval_stage"},
     {"stages"},
     {"cli", "analysis", "ddp_check"},
 ]

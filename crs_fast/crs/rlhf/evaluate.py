@@ -86,6 +86,45 @@ class TrunkCache:
         return self if same else None
 
 
+def ranking_tensors(policy: Policy) -> dict[str, torch.Tensor]:
+    """Every tensor :meth:`Policy.rank_items` reads: the parameters and buffers, less the value
+    head and the LM head's text rows (with co-occurrence factors the item rows are ``item_out``;
+    without, the item rows of the trainable head copy are kept). Two policies with equal tensors
+    here rank every context identically."""
+    out = {n: t.detach() for n, t in [*policy.named_parameters(), *policy.named_buffers()]}
+    for name in [n for n in out if n.startswith("value_head.")]:
+        del out[name]
+    if "out_head" in out:
+        head = out.pop("out_head")
+        if policy.item_bias is None:
+            out["out_head[items]"] = head[policy.item_ids]
+    return out
+
+
+class RankingReuse:
+    """Rankings shared by policies whose item scores are provably identical (PPO with
+    ``ppo_freeze = "query"`` trains only the text rows and the value head): :meth:`store_for`
+    returns the store of the first policy whose :func:`ranking_tensors` equal this one's
+    exactly, and that policy's name, or a new empty store. Callers put in it what depends only on
+    the ranking (top lists, ranks) and read it back instead of recomputing."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, torch.Tensor], dict[str, Any]]] = []
+
+    def store_for(self, name: str, policy: Policy) -> tuple[dict[str, Any], str | None]:
+        """(store, name of the policy it came from or None when new) for ``policy``."""
+        mine = ranking_tensors(policy)
+        for other, tensors, store in self.entries:
+            if tensors.keys() == mine.keys() and all(
+                a.shape == tensors[k].shape and a.dtype == tensors[k].dtype and torch.equal(a, tensors[k].to(a.device))
+                for k, a in mine.items()
+            ):
+                return store, other
+        store: dict[str, Any] = {}
+        self.entries.append((name, mine, store))  # references: evaluation never changes them
+        return store, None
+
+
 @torch.no_grad()
 def top_lists(
     policy: Policy, tok, prompts: Sequence[str], k: int, cfg: Config, trunk: TrunkCache | None = None

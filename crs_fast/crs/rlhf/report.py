@@ -84,6 +84,12 @@ def report(result: dict) -> str:
         for k, v in result["ppo_vs_sft"].items():
             whole = f", {v['groups']} users resampled whole" if "groups" in v else ""
             lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}{whole})")
+    for name in ("sft", "ppo"):
+        if result.get(name, {}).get("rankings_same_as"):
+            lines.append(
+                f"{name}'s item scores equal {result[name]['rankings_same_as']}'s tensor for tensor "
+                "(only the head's text rows and the value head differ): its rankings are that policy's."
+            )
     for ds in ("redial", "opendialkg"):
         for k, v in result.get(f"{ds}_ppo_vs_sft", {}).items():
             lines.append(

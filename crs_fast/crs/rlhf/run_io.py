@@ -15,6 +15,9 @@ from typing import Any
 
 import torch
 
+from .build import build_policy
+from .config import Config
+from .corpus import CRSData, prepare_data
 from .online_rm import OnlineRM
 from .reward import RewardModel
 
@@ -235,3 +238,12 @@ def load_reward_model(out: pathlib.Path, dim: int) -> RewardModel:
     rm = RewardModel(dim=dim)
     load_model(rm, str(reward_model_path(out)))
     return rm.eval()
+
+
+def setup_stage(cfg: Config, out: pathlib.Path, data: CRSData | None = None, *, start: bool = False):
+    """(data, base policy, tokenizer); ``data`` prepared here unless given (stages run by the
+    demo share one preparation). ``start`` (SFT) records the run's policy settings, else they are checked."""
+    check_run(cfg, out, record=start)
+    data = data or prepare_data(cfg, out / "data")
+    policy, tok = build_policy(cfg, data)
+    return data, policy, tok

@@ -205,3 +205,42 @@ def test_trunk_cache_shares_the_frozen_part_only_between_identical_trunks():
     with torch.no_grad():
         c.backbone().layers[0].mlp.up_proj.weight.add_(0.1)  # a different trunk: no sharing
     assert cache.for_policy(c) is None
+
+
+@pytest.mark.parametrize("collab", [False, True])
+def test_ranking_reuse_only_between_policies_with_equal_item_scores(collab):
+    """A policy differing only in its value head and the head's text rows reuses the first one's
+    rankings (and they are indeed equal); one whose item scores can differ gets its own store."""
+    catalog = generate_catalog(12, seed=4)
+    words = [it.title for it in catalog.items.values()] + ["User System : hi I like movies"]
+    lm, tok = LM.load_lm("tiny", words)
+    ids = LM.add_item_tokens(lm, tok, catalog)
+    factors = (torch.randn(12, 3), torch.randn(12, 3)) if collab else None
+    a = PO.Policy(lm, ids, train_layers=1, collab=factors).eval()
+    text = torch.ones(a.out_head.shape[0], dtype=torch.bool)
+    text[ids] = False
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.value_head.weight.add_(torch.randn_like(b.value_head.weight))
+        b.out_head[text] += 0.5 * torch.randn_like(b.out_head[text])
+    prompts = ["User : hi\nSystem :", "User : I like movies\nSystem :", "User : hi hi hi\nSystem :"]
+    cfg = CF.Config.quick()
+    reuse = E.RankingReuse()
+    store, same = reuse.store_for("a", a)
+    assert same is None and store == {}
+    store["lists"] = E.top_lists(a, tok, prompts, 12, cfg)
+    got, same = reuse.store_for("b", b)
+    assert same == "a" and got is store
+    assert E.top_lists(b, tok, prompts, 12, cfg) == store["lists"]  # the premise: equal rankings
+    c = copy.deepcopy(a)  # the item rows moved: no reuse
+    with torch.no_grad():
+        if collab:
+            c.item_bias.add_(torch.randn_like(c.item_bias))
+        else:
+            c.out_head[ids] += torch.randn_like(c.out_head[ids])
+    got, same = reuse.store_for("c", c)
+    assert same is None and got == {} and got is not store
+    d = copy.deepcopy(a)  # the top layer moved: no reuse
+    with torch.no_grad():
+        d.backbone().layers[-1].mlp.up_proj.weight.add_(0.1)
+    assert reuse.store_for("d", d)[1] is None

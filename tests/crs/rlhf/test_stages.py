@@ -93,6 +93,9 @@ def test_ppo_with_frozen_query_keeps_sfts_rankings_exactly(trained, tmp_path, en
     assert moved and all(not n.startswith(BU.FROZEN["query"]) for n in moved)  # the heads trained
     prompts = [CO.prompt(d.turns[:i], data.catalog) for d in data.train[:6] for i in (1, 3)]
     assert EV.top_lists(policy, tok, prompts, 20, cfg) == EV.top_lists(sft_policy, tok, prompts, 20, cfg)
+    reuse = EV.RankingReuse()  # what the evaluation relies on to rank once for both
+    reuse.store_for("sft", sft_policy)
+    assert reuse.store_for("ppo", policy)[1] == "sft"
 
 
 def test_two_process_ddp_step_keeps_ranks_identical(trained, tmp_path, small):
