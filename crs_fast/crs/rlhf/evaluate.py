@@ -130,12 +130,15 @@ def top_lists(
     policy: Policy, tok, prompts: Sequence[str], k: int, cfg: Config, trunk: TrunkCache | None = None
 ) -> dict[str, list[int]]:
     """The policy's top-``k`` catalog indices for each distinct prompt (one forward per prompt;
-    the frozen trunk's part from ``trunk`` when it has it)."""
+    the frozen trunk's part from ``trunk`` when it has it). Prompts are batched in order of
+    length, so a batch pads little (right padding: a row's scores do not depend on it)."""
     todo = list(dict.fromkeys(prompts))
+    tokens = {p: clip_context(tok, tok(p, add_special_tokens=False)["input_ids"], cfg.max_context) for p in todo}
+    todo.sort(key=lambda p: len(tokens[p]))  # stable: equal lengths keep their order
     out: dict[str, list[int]] = {}
     for i in range(0, len(todo), 32):
         chunk = todo[i : i + 32]
-        seqs = [clip_context(tok, tok(p, add_special_tokens=False)["input_ids"], cfg.max_context) for p in chunk]
+        seqs = [tokens[p] for p in chunk]
         ids, attn = pad_right(seqs, tok.pad_token_id, policy.device)
         state = None
         if trunk is not None:

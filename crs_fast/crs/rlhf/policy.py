@@ -181,14 +181,13 @@ class Policy(nn.Module):
         when the policy has one; with co-occurrence factors, the item rows from :attr:`item_out`
         and the bias and co-occurrence columns (zero for text tokens)."""
         w = self._token_head()
-        if self.item_bias is not None:
-            w = w.index_copy(0, self.item_ids, self.item_out.to(w.dtype))
-        if self.item_attr is not None:
-            w = w.index_add(0, self.item_ids, self._item_content().to(w.dtype))
-        if self.item_bias is None:
+        if self.item_bias is None and self.item_attr is None:
             return w
-        extra = w.new_zeros(w.shape[0], self.item_bias_dims())
-        return torch.cat([w, extra.index_copy(0, self.item_ids, self._item_extra().to(w.dtype))], 1)
+        if self.item_bias is not None:  # one copy of the token rows, then the item rows written in place
+            w = torch.cat([w, w.new_zeros(w.shape[0], self.item_bias_dims())], 1)
+        else:
+            w = w.clone()
+        return w.index_copy_(0, self.item_ids, self.item_rows().to(w.dtype))
 
     def item_bias_dims(self) -> int:
         """How many columns the co-occurrence part (bias, factors, genre cues) adds to the head (0 without it)."""

@@ -244,3 +244,22 @@ def test_ranking_reuse_only_between_policies_with_equal_item_scores(collab):
     with torch.no_grad():
         d.backbone().layers[-1].mlp.up_proj.weight.add_(0.1)
     assert reuse.store_for("d", d)[1] is None
+
+
+def test_top_lists_of_a_batch_equal_each_prompt_alone():
+    """Prompts are batched by length (right padding): every prompt's list is the one it gets alone."""
+    catalog = generate_catalog(12, seed=5)
+    words = [it.title for it in catalog.items.values()] + ["User System : hi I like movies"]
+    lm, tok = LM.load_lm("tiny", words)
+    ids = LM.add_item_tokens(lm, tok, catalog)
+    policy = PO.Policy(lm, ids, train_layers=1, collab=(torch.randn(12, 3), torch.randn(12, 3))).eval()
+    rng = random.Random(1)
+    vocab = ["hi", "I", "like", "movies", *[it.title for it in catalog.items.values()]]
+    prompts = [
+        "User : " + " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 30))) + "\nSystem :" for _ in range(45)
+    ]
+    cfg = CF.Config.quick()
+    together = E.top_lists(policy, tok, prompts, 12, cfg, E.TrunkCache().for_policy(policy))
+    assert set(together) == set(prompts)
+    for p in prompts:
+        assert together[p] == E.top_lists(policy, tok, [p], 12, cfg)[p], p

@@ -91,3 +91,55 @@ def test_item_features_start_at_zero_and_share_what_one_item_learns():
     assert gain[0] > 0 and gain[1] > 0 and gain[2] > 0 and gain[3].abs() < 1e-6
     with pytest.raises(ValueError, match="item_attrs has 2 entries for 4 items"):
         PO.Policy(lm, ids, item_attrs=attrs[:2])
+
+
+def _head_as_defined(policy):
+    """The head written out as its docstring defines it: token rows (item rows replaced by
+    ``item_out`` with co-occurrence factors), plus the attribute part, plus the extra columns."""
+    w = policy._token_head()
+    if policy.item_bias is not None:
+        w = w.index_copy(0, policy.item_ids, policy.item_out)
+    if policy.item_attr is not None:
+        w = w.index_add(0, policy.item_ids, policy._item_content())
+    if policy.item_bias is None:
+        return w
+    extra = w.new_zeros(w.shape[0], policy.item_bias_dims()).index_copy(0, policy.item_ids, policy._item_extra())
+    return torch.cat([w, extra], 1)
+
+
+@pytest.mark.parametrize("attrs", [False, True])
+@pytest.mark.parametrize("collab", [False, True])
+def test_head_and_its_rows_equal_the_definition_values_and_gradients(attrs, collab):
+    from crs_fast.crs.data import generate_catalog
+    from crs_fast.crs.rlhf import mention as ME
+
+    catalog = generate_catalog(10, seed=6)
+    lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi"])
+    ids = LM.add_item_tokens(lm, tok, catalog)
+    torch.manual_seed(0)
+    kw = {"item_attrs": LM.item_attribute_index(catalog)} if attrs else {}
+    if collab:
+        kw["collab"] = (torch.randn(10, 3), torch.randn(10, 3))
+    policy = PO.Policy(lm, ids, train_layers=1, **kw)
+    with torch.no_grad():  # every part non-zero, so a wrong row or a lost term shows
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    V = policy._token_head().shape[0]
+    tokens = torch.cat([ids[:4], torch.randint(0, V, (7,)), ids[-2:]]).view(1, 13)
+    g = torch.randn(13, _head_as_defined(policy).shape[1])
+
+    def grads(build):
+        policy.zero_grad()
+        out = build()
+        (out * g).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    ref, want = grads(lambda: _head_as_defined(policy)[tokens[0]])
+    assert want  # the head's parts are trainable
+    for build in (lambda: policy.head()[tokens[0]], lambda: ME.head_rows(policy, tokens)[0]):
+        out, got = grads(build)
+        assert torch.equal(out, ref)
+        assert got.keys() == want.keys()
+        for n in want:
+            torch.testing.assert_close(got[n], want[n], rtol=0, atol=0, msg=n)
+    assert torch.equal(policy.head(), _head_as_defined(policy))
