@@ -70,7 +70,11 @@ def _llp_bwd_op(
     ignore_index: int,
     chunk_size: int,
     backend: str,
+    need_hidden: bool = True,
+    need_weight: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d hidden, d weight); a gradient nobody needs (``need_hidden`` / ``need_weight`` False)
+    comes back as zeros without its matmul (the CPU path; Triton computes both)."""
     y = labels.to(torch.int64).contiguous()
     # d weight sums over rows: an ignored row's hidden state (NaN, say) must not enter it. A select,
     # not `if ignored.any()`, which would wait for the device on every backward call.
@@ -97,8 +101,11 @@ def _llp_bwd_op(
         _C.logprobs_block_grad(
             dt, ptr(z), c, ptr(y), ptr(glp), ptr(gent), ptr(lse), ptr(ent), n, c, v0, inv_tau, ignore_index, nt
         )
-        dh.addmm_(z, wb)
-        if dw.dtype == acc:
+        if need_hidden:
+            dh.addmm_(z, wb)
+        if not need_weight:
+            dw[v0 : v0 + c] = 0
+        elif dw.dtype == acc:
             torch.mm(z.T, h, out=dw[v0 : v0 + c])
         else:
             dw[v0 : v0 + c] = z.T @ h
@@ -106,7 +113,7 @@ def _llp_bwd_op(
 
 
 @_llp_bwd_op.register_fake
-def _(grad_lp, grad_ent, hidden, weight, labels, lse, ent, temperature, ignore_index, chunk_size, backend):
+def _(grad_lp, grad_ent, hidden, weight, labels, lse, ent, temperature, ignore_index, chunk_size, backend, *needs):
     return empty(hidden.shape, hidden), empty(weight.shape, weight)
 
 
@@ -119,8 +126,9 @@ def _llp_setup(ctx, inputs, output):
 
 def _llp_backward(ctx, grad_lp, grad_ent, unused):
     hidden, weight, labels, lse, ent = ctx.saved_tensors
-    dh, dw = call(_llp_bwd_op, grad_lp, grad_ent, hidden, weight, labels, lse, ent, *ctx.args)
-    return dh, dw, None, None, None, None, None
+    need_h, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    dh, dw = call(_llp_bwd_op, grad_lp, grad_ent, hidden, weight, labels, lse, ent, *ctx.args, need_h, need_w)
+    return dh if need_h else None, dw if need_w else None, None, None, None, None, None
 
 
 _llp_op.register_autograd(_llp_backward, setup_context=_llp_setup)

@@ -1,5 +1,7 @@
 """Log-probs and entropy from hidden states and the LM head, without [N, V] logits."""
 
+import importlib
+
 import pytest
 import torch
 from helpers import ALL, check, grad_of, rand
@@ -70,3 +72,31 @@ def test_invariants_with_large_logits(gen):
     y = torch.randint(0, 2000, (8,), generator=gen)
     lp, ent = cf.linear_logprobs(h, w, y, entropy=True, chunk_size=300)
     assert (lp <= 0).all() and (ent >= 0).all() and (ent <= torch.log(torch.tensor(2000.0))).all()
+
+
+@pytest.mark.parametrize("frozen", ["hidden", "weight"])
+def test_one_input_frozen_gets_no_gradient_and_the_other_the_same(frozen, gen):
+    """With one input not requiring grad its gradient is skipped (None), the other's equals the
+    gradient computed with both; the backward op returns zeros for a skipped gradient."""
+    h, w = rand(11, 24, gen=gen), rand(700, 24, gen=gen, scale=0.2)
+    y = torch.randint(0, 700, (11,), generator=gen)
+    y[3] = -100
+    gl, ge = rand(11, gen=gen), rand(11, gen=gen)
+
+    def grads(need_h: bool, need_w: bool):
+        a, b = h.clone().requires_grad_(need_h), w.clone().requires_grad_(need_w)
+        lp, ent = cf.linear_logprobs(a, b, y, entropy=True, chunk_size=128)
+        ((lp * gl).sum() + (ent * ge).sum()).backward()
+        return a.grad, b.grad
+
+    dh, dw = grads(True, True)
+    if frozen == "hidden":
+        none, got, want = *grads(False, True), dw
+    else:
+        got, none, want = *grads(True, False), dh
+    assert none is None
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    LL = importlib.import_module("crs_fast.ops.linear_logprobs")  # the module, not the re-exported function
+    lp, ent, lse = LL._llp_op(h, w, y, 1.0, -100, 128, "cpu")
+    zh, zw = LL._llp_bwd_op(gl, ge, h, w, y, lse, ent, 1.0, -100, 128, "cpu", False, False)
+    assert not zh.any() and not zw.any()
