@@ -91,7 +91,7 @@ def _llp_bwd_op(
     gent = None if grad_ent is None else grad_ent.to(acc).contiguous()
     lse, ent = lse.contiguous(), ent.contiguous()
     dh = torch.zeros_like(h)
-    dw = torch.empty(weight.shape, dtype=weight.dtype)
+    dw = (torch.empty if need_weight else torch.zeros)(weight.shape, dtype=weight.dtype)
     buf = torch.empty(n * min(chunk_size, vocab), dtype=acc)
     dt, inv_tau, nt = dtype_code(h), 1.0 / temperature, nthreads()
     for v0, c in _blocks(vocab, chunk_size):
@@ -104,8 +104,8 @@ def _llp_bwd_op(
         if need_hidden:
             dh.addmm_(z, wb)
         if not need_weight:
-            dw[v0 : v0 + c] = 0
-        elif dw.dtype == acc:
+            continue
+        if dw.dtype == acc:
             torch.mm(z.T, h, out=dw[v0 : v0 + c])
         else:
             dw[v0 : v0 + c] = z.T @ h

@@ -80,10 +80,14 @@ class TrunkCache:
         if self.frozen is None:  # references, not copies: evaluation never changes them
             self.frozen = frozen
             return self
-        same = len(frozen) == len(self.frozen) and all(
-            a.shape == b.shape and torch.equal(a.to(b.device), b) for a, b in zip(frozen, self.frozen, strict=True)
-        )
-        return self if same else None
+        return self if tensors_equal(frozen, self.frozen) else None
+
+
+def tensors_equal(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    """Whether two sequences of tensors are equal element for element (shape, dtype, values)."""
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y.to(x.device)) for x, y in zip(a, b, strict=True)
+    )
 
 
 def ranking_tensors(policy: Policy) -> dict[str, torch.Tensor]:
@@ -115,10 +119,7 @@ class RankingReuse:
         """(store, name of the policy it came from or None when new) for ``policy``."""
         mine = ranking_tensors(policy)
         for other, tensors, store in self.entries:
-            if tensors.keys() == mine.keys() and all(
-                a.shape == tensors[k].shape and a.dtype == tensors[k].dtype and torch.equal(a, tensors[k].to(a.device))
-                for k, a in mine.items()
-            ):
+            if tensors.keys() == mine.keys() and tensors_equal(list(mine.values()), [tensors[k] for k in mine]):
                 return store, other
         store: dict[str, Any] = {}
         self.entries.append((name, mine, store))  # references: evaluation never changes them
