@@ -113,6 +113,58 @@ def policy_logprobs(policy, h, labels, lp, ent, temperature: float, found) -> tu
     return lp2.to(lp.dtype), ent2.to(ent.dtype)
 
 
+def ban_logprobs(
+    policy, h, labels, lp, ent, temperature: float, found, ban: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lp, entropy) [B, T] of the distribution the sampler drew from: ``softmax(z')`` (the context
+    bonus ``found`` included, as :func:`policy_logprobs` gives ``lp``, ``ent``) with the tokens it
+    banned removed and the rest renormalised. ``ban = (tokens [B, M], banned [B, T, M])``: each row's
+    banned vocabulary ids (-1 padding) and whether each is banned after position ``t``. With
+    ``u_j = z'_j - log Z'`` and ``s = sum_{j banned} e^u_j``: ``lp'' = lp - log(1 - s)`` and
+    ``H'' = (H + sum_{j banned} e^u_j u_j) / (1 - s) + log(1 - s)``; where ``s > 1/2`` (``1 - s``
+    cancels) from the materialised logits of those positions instead. fp32 inside, differentiable;
+    a label that is banned at its position is an error (the sampler never draws one)."""
+    tokens, banned = ban
+    if tokens.shape[1] == 0 or not bool(banned.any()):
+        return lp, ent
+    banned = banned & (tokens >= 0)[:, None, :]
+    if bool((banned & (tokens[:, None, :] == labels[..., None])).any()):
+        raise ValueError("ban_logprobs: a label is banned at its position; the ban is not the sampler's")
+    hf = h.float()
+    z_y = (hf * head_rows(policy, labels).float()).sum(-1)
+    z_b = torch.einsum("btd,bmd->btm", hf, head_rows(policy, tokens.clamp(min=0)).float())
+    if found is not None and found[0].shape[1]:
+        items, bonus = found
+        tok_item = policy.item_index[tokens.clamp(min=0)].masked_fill(tokens < 0, -1)
+        same = (tok_item[:, :, None] == items[:, None, :]) & (items[:, None, :] >= 0)  # [B, M, K]
+        z_b = z_b + torch.einsum("btk,bmk->btm", bonus.float(), same.float())
+        is_label = (policy.item_index[labels][..., None] == items[:, None, :]) & (items[:, None, :] >= 0)
+        z_y = z_y + (bonus.float() * is_label).sum(-1)
+    log_z = (z_y / temperature) - lp.float()
+    u = (z_b / temperature - log_z[..., None]).clamp(max=0.0)  # log-probs; the clamp guards unscored positions
+    p = torch.where(banned, u.exp(), torch.zeros_like(u))
+    s = p.sum(-1)
+    # 1 - s cancels where the banned tokens hold most of the mass: there, the materialised softmax
+    hard = s > 0.5
+    s = s.masked_fill(hard, 0.0)
+    log_kept = torch.log1p(-s)
+    lp2 = lp.float() - log_kept
+    ent2 = (ent.float() + (p * u).sum(-1)) / (1.0 - s) + log_kept
+    if bool(hard.any()):
+        rows, pos = hard.nonzero(as_tuple=True)
+        z = hf[rows, pos] @ policy.head().float().T
+        if found is not None and found[0].shape[1]:
+            extra = scatter_bonus(found[0][rows], found[1][rows, pos].float(), len(policy.item_ids))
+            z = z.index_add(1, policy.item_ids, extra)
+        mask = torch.zeros_like(z, dtype=torch.bool)
+        r, m = banned[rows, pos].nonzero(as_tuple=True)
+        mask[r, tokens[rows[r], m]] = True
+        logq = torch.log_softmax((z / temperature).masked_fill(mask, float("-inf")), -1)
+        lp2 = lp2.index_put((rows, pos), logq.gather(1, labels[rows, pos][:, None]).squeeze(1))
+        ent2 = ent2.index_put((rows, pos), -(logq.exp() * logq.masked_fill(mask, 0.0)).sum(-1))
+    return lp2.to(lp.dtype), ent2.to(ent.dtype)
+
+
 def head_rows(policy, tokens: torch.Tensor) -> torch.Tensor:
     """``policy.head()[tokens]`` [..., H'] without building the head: a token's row, with zeros in
     the item columns, or its item's row of :meth:`~crs_fast.crs.rlhf.policy.Policy.item_rows`

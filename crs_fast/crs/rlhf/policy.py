@@ -67,8 +67,8 @@ class Policy(nn.Module):
     sum_p [p named up to t] B_ip`` (:mod:`~crs_fast.crs.rlhf.people`); :attr:`neighbours` (set after
     construction) what recommenders answered to similar requests (:mod:`~crs_fast.crs.rlhf.neighbours`).
     They make the context bonus (:meth:`context_bonus`), exact on top of the fused head
-    (:mod:`~crs_fast.crs.rlhf.mention`). Decoding with ``no_repeat_items`` bans the mentioned items:
-    it changes rankings and log-probs, not rollouts.
+    (:mod:`~crs_fast.crs.rlhf.mention`). Decoding with ``no_repeat_items`` bans the mentioned items;
+    PPO then scores what was sampled with the same bans (``token_ban``).
     """
 
     def __init__(
@@ -306,19 +306,13 @@ class Policy(nn.Module):
             h = out[0] if isinstance(out, tuple) else out
         return self.backbone().norm(h)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        select: torch.Tensor | None = None,
-        state: Any = None,
-        items_at: torch.Tensor | None = None,
-        item_ban: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """:meth:`logprobs` (the module's forward, so DDP wrappers synchronise its gradients)."""
-        return self.logprobs(
-            input_ids, attention_mask, select=select, state=state, items_at=items_at, item_ban=item_ban
-        )
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
+        """:meth:`logprobs`, its options by name or in the order ``select, state, items_at, item_ban,
+        token_ban`` (the module's forward, so DDP wrappers synchronise its gradients)."""
+        names = ("select", "state", "items_at", "item_ban", "token_ban")
+        if len(args) > len(names):
+            raise TypeError(f"Policy.forward takes at most {len(names)} options after the inputs, got {len(args)}")
+        return self.logprobs(input_ids, attention_mask, **dict(zip(names, args, strict=False)), **kwargs)
 
     def logprobs(
         self,
@@ -330,10 +324,14 @@ class Policy(nn.Module):
         temperature: float = 1.0,
         items_at: torch.Tensor | None = None,
         item_ban: torch.Tensor | None = None,
+        token_ban: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """(log p(x_t | x_<t), entropy, value) for t = 1..T-1, each [B, T-1], through
         ``crs_fast.linear_logprobs`` (the LM head fused, no [B, T, V] logits). With ``select``
         (bool [B, T-1]) only those positions go through the LM head; the others are 0.
+
+        ``token_ban`` (:func:`~crs_fast.crs.rlhf.rollout.sampling_bans`): those of the distribution
+        the rollout sampled from, its banned tokens removed (:func:`~crs_fast.crs.rlhf.mention.ban_logprobs`).
 
         With ``items_at`` (bool [B, T-1], n positions) a fourth output: the log-probabilities
         over the catalog at those positions given that the next token is an item, [n, I] in
@@ -354,6 +352,9 @@ class Policy(nn.Module):
         if found is not None:
             lp2, ent2 = mention.policy_logprobs(self, h, labels, lp, ent, temperature, found)
             lp, ent = (lp2, ent2) if select is None else (lp2 * sel, ent2 * sel)
+        if token_ban is not None:
+            banned = token_ban[1] if select is None else token_ban[1] & select.bool()[..., None]
+            lp, ent = mention.ban_logprobs(self, h, labels, lp, ent, temperature, found, (token_ban[0], banned))
         if items_at is None:
             return lp, ent, values
         logits = (h[items_at.bool()].float() @ self.item_rows().float().T) / temperature

@@ -16,7 +16,7 @@ from .anchor import ItemAnchor
 from .config import Config
 from .corpus import pad_right
 from .policy import Policy
-from .rollout import Episode
+from .rollout import Episode, sampling_bans
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Minibatch:
     item_old: torch.Tensor | None = None  # [n, I]: old log-probs over the catalog given an item
     item_adv: torch.Tensor | None = None  # [n, I]: advantage of each item (0 where banned)
     item_choice: torch.Tensor | None = None  # [n]: the item chosen there (catalog index), with recommend_first
+    token_ban: tuple[torch.Tensor, torch.Tensor] | None = None  # what sampling banned (rollout.sampling_bans)
 
 
 @dataclass
@@ -73,6 +74,7 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
     use_items = use_q or cfg.recommend_first
     n_items = len(policy.item_ids)
     item_of = policy.item_index.cpu()
+    item_tokens = set(policy.item_ids.tolist())
     parts = []
     for g in groups:
         ids, attn = pad_right([eps[b].ids for b in g], tok.pad_token_id, dev)
@@ -92,9 +94,12 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
                         ban[row, seen[seen >= 0]] = True
                     row += 1
             at, ban = at.to(dev), ban.to(dev)
+        # log-probs of what the rollouts sampled from (their bans applied), for policy and reference alike;
         # with items_at, a fourth output: the log-probs over the catalog at those states
-        out = policy.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
-        ref_out = ref.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban)
+        tb = sampling_bans([eps[b] for b in g], mask.shape[1], item_tokens, tok.eos_token_id, cfg)
+        tb = (tb[0].to(dev), tb[1].to(dev))
+        out = policy.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban, token_ban=tb)
+        ref_out = ref.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban, token_ban=tb)
         (lp, _, v), ref_lp = out[:3], ref_out[0]
         if use_items:
             ilp, ref_ilp = out[3], ref_out[3]
@@ -114,7 +119,7 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
         n = mask.shape[1]
         for k, x in (("mask", mask), ("lp", lp), ("ref", ref_lp), ("v", v)):
             full[k][g, :n] = x.float()
-        parts.append((g, ids, attn, state, n, items))
+        parts.append((g, ids, attn, state, n, {**(items or {}), "token_ban": tb}))
     mask = full["mask"]
     kl = ops.kl_penalty(full["lp"], full["ref"], kind="k1") * mask
     rewards = ops.token_rewards(torch.zeros(len(eps), device=dev), kl, mask, beta=beta)
@@ -123,9 +128,7 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
             rewards[b, pos - 1] += r  # logits index pos-1 predicts token pos
     adv, ret = ops.gae(rewards, full["v"] * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
     mbs = [
-        Minibatch(
-            ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n], **(items or {})
-        )
+        Minibatch(ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n], **items)
         for g, ids, attn, state, n, items in parts
     ]
     if use_q:  # one batch-wide scale: E_s E_{a ~ pi_old} A^2 = 1
@@ -159,7 +162,7 @@ def ppo_update(
             m = mb.mask
             if m.sum() == 0:
                 continue
-            out = policy(mb.ids, mb.attn, m > 0, mb.state, mb.items_at, mb.item_ban)
+            out = policy(mb.ids, mb.attn, m > 0, mb.state, mb.items_at, mb.item_ban, mb.token_ban)
             lp, ent, v = out[:3]
             if mb.item_choice is not None:
                 lp = given_item(lp, out[3], mb.items_at, mb.item_choice)

@@ -141,6 +141,43 @@ def rollout(
     return eps
 
 
+def sampling_bans(
+    eps: Sequence[Episode], length: int, item_tokens: set[int], eos: int, cfg: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`rollout` banned when it sampled each token of ``eps`` (one row each; position
+    ``t`` predicts token ``t + 1``, ``t < length``): (tokens [B, M], banned [B, length, M]), each
+    row's banned vocabulary ids (-1 padding) and whether each was banned at ``t``, as
+    :func:`_generate` bans: with ``no_repeat_items`` every item token among ``ids[: t + 1]``; else the
+    items generated earlier in the same turn; EOS at a turn's first token without
+    ``recommend_first`` (with it, that token's log-prob is the one given an item, apart).
+    What :meth:`Policy.logprobs` takes as ``token_ban``."""
+    rows: list[dict[int, list[tuple[int, int]]]] = []
+    for e in eps:
+        spans: dict[int, list[tuple[int, int]]] = {}  # token -> its banned positions (first, last)
+        if cfg.no_repeat_items:
+            for p, x in enumerate(e.ids):
+                if x in item_tokens and x not in spans:
+                    spans[x] = [(p, length - 1)]
+        else:
+            for start, end in zip(e.turn_starts, e.turn_ends, strict=True):
+                for p in range(start, end + 1):
+                    if e.ids[p] in item_tokens:
+                        spans.setdefault(e.ids[p], []).append((p, end - 1))
+        if not cfg.recommend_first:
+            for start in e.turn_starts:
+                spans.setdefault(eos, []).append((start - 1, start - 1))
+        rows.append(spans)
+    m = max((len(s) for s in rows), default=0)
+    tokens = torch.full((len(eps), m), -1, dtype=torch.int64)
+    banned = torch.zeros(len(eps), length, m, dtype=torch.bool)
+    for b, spans in enumerate(rows):
+        for j, (x, where) in enumerate(spans.items()):
+            tokens[b, j] = x
+            for lo, hi in where:
+                banned[b, lo : hi + 1, j] = True
+    return tokens, banned
+
+
 def _step(backbone, head, features, bias=None, **kwargs):
     """One decoder step: (cache, next-token logits after the last position); ``features`` [B, T,
     1 + r] (the policy's context features of the whole sequence so far, or None) are appended
