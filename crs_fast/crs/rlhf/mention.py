@@ -152,7 +152,9 @@ def ban_logprobs(
     ent2 = (ent.float() + (p * u).sum(-1)) / (1.0 - s) + log_kept
     if bool(hard.any()):
         rows, pos = hard.nonzero(as_tuple=True)
-        z = hf[rows, pos] @ policy.head().float().T
+        hr = hf[rows, pos]  # the head's logits there, without building the whole head: text rows, then item rows
+        w = policy._token_head().float()
+        z = (hr[:, : w.shape[1]] @ w.T).index_copy(1, policy.item_ids, hr @ policy.item_rows().float().T)
         if found is not None and found[0].shape[1]:
             extra = scatter_bonus(found[0][rows], found[1][rows, pos].float(), len(policy.item_ids))
             z = z.index_add(1, policy.item_ids, extra)
