@@ -45,6 +45,18 @@ class PPOBatch:
     minibatches: list[Minibatch]
     mask: torch.Tensor  # [B, L-1] over all dialogues (right-padded to the longest)
     kl: torch.Tensor  # [B, L-1]: k1 estimate of KL(policy || reference) per generated token
+    kl_k3: torch.Tensor | None = None  # [B, L-1]: k3 estimate (each term >= 0, less variance): a diagnostic
+
+    def kl_summary(self) -> dict[str, float]:
+        """Per dialogue (sum over its tokens), mean over the batch: ``kl`` (k1, what the reward
+        and the controller use), ``kl_se`` (its standard error over dialogues) and ``kl_k3``. k1 is
+        unbiased but single terms are often negative; k3 = ``(r - 1) - log r`` with ``r = pi_ref / pi``
+        has the same expectation under the sampling policy, each term >= 0."""
+        k1 = (self.kl * self.mask).sum(1)
+        out = {"kl": float(k1.mean()), "kl_se": float(k1.std() / len(k1) ** 0.5) if len(k1) > 1 else float("nan")}
+        if self.kl_k3 is not None:
+            out["kl_k3"] = float((self.kl_k3 * self.mask).sum(1).mean())
+        return out
 
 
 @torch.no_grad()
@@ -135,7 +147,7 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
         second = torch.cat([(mb.item_old.exp() * mb.item_adv**2).sum(-1) for mb in mbs]).mean()
         for mb in mbs:
             mb.item_adv = mb.item_adv * second.clamp(min=1e-12).rsqrt()
-    return PPOBatch(mbs, mask, kl)
+    return PPOBatch(mbs, mask, kl, ops.kl_penalty(full["lp"], full["ref"], kind="k3") * mask)
 
 
 def ppo_update(

@@ -194,7 +194,7 @@ def trailing_mean(values: Sequence[float], k: int) -> list[float]:
 def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.Path]:
     """PNG plots over PPO iterations of the R_phi reward (under the refit R_phi PPO trains on,
     whose scale moves with each refit, and under the fixed offline R_phi), the simulated users'
-    satisfaction in the rollouts (the ground truth R_phi stands in for), the KL, the value loss
+    satisfaction in the rollouts (the ground truth R_phi stands in for), the KL (k1 and k3), the value loss
     and Recall@10 (and the SFT loss); curves with at least
     ``2 * SMOOTH`` points also get the trailing mean of the last ``SMOOTH`` iterations, and the
     KL panel the adaptive controller's ``kl_target`` when one is given."""
@@ -213,7 +213,7 @@ def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.
             [("reward", "refit R_phi (trained on)"), ("reward_fixed_rm", "fixed offline R_phi")],
         ),
         ("simulated satisfaction (rollouts)", [("satisfaction", "")]),
-        ("KL to reference (nats / dialogue)", [("kl", "")]),
+        ("KL to reference (nats / dialogue)", [("kl", "k1 (in the reward)"), ("kl_k3", "k3 (terms >= 0)")]),
         ("value loss", [("value_loss", "")]),
         ("Recall@10 (validation users)", [("recall@10", "")]),
     ]

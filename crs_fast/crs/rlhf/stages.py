@@ -187,11 +187,12 @@ def run_ppo(
                 )
                 batch = make_batch(base, ref, eps, tok, ctl.value, cfg)
                 stats = ppo_update(model, opt, batch, cfg, acc, anchor)
-                kl_seq = float((batch.kl * batch.mask).sum(1).mean())
+                kls = batch.kl_summary()
+                kl_seq = kls["kl"]
                 row = {
                     "reward": sum(sum(e.rewards) for e in eps) / len(eps),
                     "satisfaction": sum(e.satisfaction for e in eps) / len(eps),
-                    "kl": kl_seq,
+                    **kls,
                     "beta": ctl.value,
                     **stats,
                 }

@@ -179,3 +179,20 @@ def test_make_batch_log_probs_are_those_the_rollout_sampled_from(monkeypatch, no
             checked += 1
     assert checked >= 10
     assert (batch.kl[batch.mask > 0].abs() < 1e-5).all()  # the policy is its reference: no KL, banned or not
+    assert (batch.kl_k3[batch.mask > 0].abs() < 1e-5).all() and batch.kl_summary()["kl_k3"] < 1e-4
+
+
+def test_kl_summary_sums_each_dialogue_and_k3_is_never_negative():
+    gen = torch.Generator().manual_seed(0)
+    lp, ref = -torch.rand(4, 6, generator=gen) * 3, -torch.rand(4, 6, generator=gen) * 3
+    mask = (torch.rand(4, 6, generator=gen) < 0.7).float()
+    mask[:, 0] = 1.0
+    d = lp - ref
+    batch = PPO.PPOBatch([], mask, d * mask, (torch.exp(-d) + d - 1) * mask)
+    out = batch.kl_summary()
+    per = (d * mask).sum(1)
+    assert out["kl"] == pytest.approx(float(per.mean()))
+    assert out["kl_se"] == pytest.approx(float(per.std() / 2.0))
+    assert out["kl_k3"] == pytest.approx(float(((torch.exp(-d) + d - 1) * mask).sum(1).mean()))
+    assert out["kl_k3"] >= 0
+    assert "kl_k3" not in PPO.PPOBatch([], mask, d * mask).kl_summary()
