@@ -151,3 +151,35 @@ def tiny_item_lm():
     catalog = generate_catalog(12, seed=4)
     lm, tok = LM.load_lm("tiny", [it.title for it in catalog.items.values()] + ["User System : hi like"], seed=1)
     return catalog, lm, tok, LM.add_item_tokens(lm, tok, catalog)
+
+
+def tiny_bonus_policy(collab: bool, seed: int, mention_bonus: float):
+    """(catalog, policy, tokenizer, item ids): :func:`tiny_item_lm` as a policy training its top
+    layer, with the mention bonus and, with ``collab``, random co-occurrence factors, item bias and
+    item rows (drawn from ``seed``)."""
+    from crs_fast.crs.rlhf import policy as PO
+
+    catalog, lm, tok, ids = tiny_item_lm()
+    gen = torch.Generator().manual_seed(seed)
+    factors = (torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen))
+    policy = PO.Policy(lm, ids, train_layers=1, collab=factors if collab else None, mention_bonus=mention_bonus)
+    if policy.item_bias is not None:
+        with torch.no_grad():
+            policy.item_bias.copy_(torch.randn(12, generator=gen))
+            policy.item_out.copy_(torch.randn(policy.item_out.shape, generator=gen))
+    return catalog, policy, tok, ids
+
+
+def assert_same_gradients(policy, got: tuple, want: tuple, *, atol: float, rtol: float, relative: bool = False) -> None:
+    """The gradients of every trained parameter of ``policy`` under ``sum w * (lp + entropy)`` (one
+    random weight per position) agree between ``got = (lp, ent)`` and the reference ``want``;
+    ``relative``: ``atol`` scaled by the largest reference entry of each parameter."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    w = torch.randn(got[0].shape, generator=torch.Generator().manual_seed(3))
+    g_got = torch.autograd.grad(sum((x * w).sum() for x in got), params, allow_unused=True)
+    g_want = torch.autograd.grad(sum((x * w).sum() for x in want), params, allow_unused=True)
+    for g, r in zip(g_got, g_want, strict=True):
+        if r is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, r, atol=atol * (float(r.abs().max()) if relative else 1.0), rtol=rtol)

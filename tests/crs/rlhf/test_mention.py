@@ -4,7 +4,7 @@ generation), against the naive formula on materialised logits, gradients include
 
 import pytest
 import torch
-from helpers import next_token_logits, tiny_item_lm
+from helpers import assert_same_gradients, next_token_logits, tiny_bonus_policy
 
 from crs_fast.crs.rlhf import build as BU
 from crs_fast.crs.rlhf import corpus as CO
@@ -18,16 +18,7 @@ BETA = 1.7
 
 @pytest.fixture(scope="module", params=["collab", "plain"])
 def setup(request):
-    catalog, lm, tok, ids = tiny_item_lm()
-    gen = torch.Generator().manual_seed(11)
-    collab = (torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen))
-    policy = PO.Policy(
-        lm, ids, train_layers=1, collab=collab if request.param == "collab" else None, mention_bonus=BETA
-    )
-    if policy.item_bias is not None:
-        with torch.no_grad():
-            policy.item_bias.copy_(torch.randn(12, generator=gen))
-            policy.item_out.copy_(torch.randn(policy.item_out.shape, generator=gen))
+    catalog, policy, tok, _ = tiny_bonus_policy(request.param == "collab", 11, BETA)
     items = [LM.item_token(i) for i in catalog.ids()]
     texts = [
         f"User : hi {items[2]} like {items[5]} {items[2]} System : {items[7]} hi {items[5]}",
@@ -62,16 +53,8 @@ def test_logprobs_and_entropy_match_the_materialised_logits(setup, temperature):
     torch.testing.assert_close(lp, want_lp, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(ent, want_ent, atol=2e-5, rtol=2e-5)
     # gradients of every trained part agree with the naive formula's
-    params = [p for p in policy.parameters() if p.requires_grad]
-    assert any(p is policy.item_repeat for p in params)
-    w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(3))
-    got = torch.autograd.grad((lp * w).sum() + (ent * w).sum(), params, allow_unused=True)
-    ref = torch.autograd.grad((want_lp * w).sum() + (want_ent * w).sum(), params, allow_unused=True)
-    for g, r in zip(got, ref, strict=True):
-        if r is None:
-            assert g is None or not g.any()
-        else:
-            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+    assert policy.item_repeat.requires_grad
+    assert_same_gradients(policy, (lp, ent), (want_lp, want_ent), atol=1e-4, rtol=1e-4)
     # only the selected positions, zeros elsewhere
     sel = torch.zeros_like(lp, dtype=torch.bool)
     sel[:, 2::3] = True

@@ -5,7 +5,7 @@ entropy, gradients) and against the probabilities ``rollout`` itself drew from."
 
 import pytest
 import torch
-from helpers import tiny_item_lm
+from helpers import assert_same_gradients, tiny_bonus_policy
 
 from crs_fast.crs.data import generate_catalog
 from crs_fast.crs.rlhf import build as BU
@@ -21,14 +21,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module", params=["collab", "plain"])
 def setup(request):
-    catalog, lm, tok, ids = tiny_item_lm()
-    gen = torch.Generator().manual_seed(5)
-    collab = (torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen))
-    policy = PO.Policy(lm, ids, train_layers=1, collab=collab if request.param == "collab" else None, mention_bonus=1.3)
-    if policy.item_bias is not None:
-        with torch.no_grad():
-            policy.item_bias.copy_(torch.randn(12, generator=gen))
-            policy.item_out.copy_(torch.randn(policy.item_out.shape, generator=gen))
+    catalog, policy, tok, ids = tiny_bonus_policy(request.param == "collab", 5, 1.3)
     items = [LM.item_token(i) for i in catalog.ids()]
     texts = [
         f"User : hi {items[2]} like {items[5]} System : {items[7]} hi {items[3]}",
@@ -106,16 +99,8 @@ def test_banned_logprobs_and_entropy_equal_the_masked_softmax(setup, temperature
     plain, _, _ = policy.logprobs(x, attn, temperature=temperature)
     gain = (lp - plain).detach()
     assert gain.min() > -1e-5 and gain.max() > 1e-3  # banning mass raises the kept tokens' log-probs
-    params = [p for p in policy.parameters() if p.requires_grad]
-    w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(3))
-    got = torch.autograd.grad((lp * w).sum() + (ent * w).sum(), params, allow_unused=True)
-    ref = torch.autograd.grad((want_lp * w).sum() + (want_ent * w).sum(), params, allow_unused=True)
-    for g, r in zip(got, ref, strict=True):
-        if r is None:
-            assert g is None or not g.any()
-        else:
-            # relative to the largest entry: at low temperature gradients scale with 1 / T^2
-            torch.testing.assert_close(g, r, atol=1e-4 * float(r.abs().max()), rtol=1e-4)
+    # relative to the largest entry: at low temperature gradients scale with 1 / T^2
+    assert_same_gradients(policy, (lp, ent), (want_lp, want_ent), atol=1e-4, rtol=1e-4, relative=True)
     sel = torch.zeros_like(lp, dtype=torch.bool)
     sel[:, 1::2] = True
     lp_s, ent_s, _ = policy.logprobs(x, attn, select=sel, temperature=temperature, token_ban=(tokens, banned))
