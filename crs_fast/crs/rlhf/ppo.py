@@ -62,7 +62,7 @@ class PPOBatch:
 @torch.no_grad()
 def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: float, cfg: Config) -> PPOBatch:
     """Old log-probs and values, reference log-probs, per-token rewards (R_phi's turn reward at each
-    system turn's last token, -beta * KL on every system token) and GAE with user tokens masked
+    system turn's last sampled token, -beta * KL on every sampled token) and GAE with user tokens masked
     (whitened over the whole batch). Dialogues are grouped by length into fixed mini-batches of
     ``cfg.minibatch`` (less padding), each running the frozen trunk once for everything after.
 
@@ -136,8 +136,8 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
     kl = ops.kl_penalty(full["lp"], full["ref"], kind="k1") * mask
     rewards = ops.token_rewards(torch.zeros(len(eps), device=dev), kl, mask, beta=beta)
     for b, e in enumerate(eps):
-        for pos, r in zip(e.turn_ends, e.rewards, strict=False):
-            rewards[b, pos - 1] += r  # logits index pos-1 predicts token pos
+        for at, r in zip(reward_positions(e), e.rewards, strict=False):
+            rewards[b, at] += r
     adv, ret = ops.gae(rewards, full["v"] * mask, mask, gamma=cfg.gamma, lam=cfg.lam, mode="verl", whiten=True)
     mbs = [
         Minibatch(ids, attn, state, mask[g, :n], full["lp"][g, :n], full["v"][g, :n], adv[g, :n], ret[g, :n], **items)
@@ -208,6 +208,13 @@ def ppo_update(
                 stats.setdefault(key, []).append(float(val.detach() if torch.is_tensor(val) else val))
     policy.eval()
     return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def reward_positions(e: Episode) -> list[int]:
+    """Where each system turn's reward lands in the per-token rewards (index ``t`` scores token
+    ``t + 1``): on the turn's last sampled token, its EOS, or the token before an EOS appended to a
+    turn that ran out of tokens (not sampled, ``gen`` 0, so not scored)."""
+    return [end - 1 if e.gen[end] else end - 2 for end in e.turn_ends]
 
 
 def given_item(lp: torch.Tensor, item_lp: torch.Tensor, at: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:

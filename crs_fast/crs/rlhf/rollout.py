@@ -22,7 +22,8 @@ from .reward import Scorer
 
 @dataclass
 class Episode:
-    """One simulated dialogue: token ids, which were generated, where each system turn ends, and
+    """One simulated dialogue: token ids, which were sampled by the policy (``gen``; the EOS
+    appended to a turn that ran out of tokens is not), where each system turn ends (its EOS), and
     the per-turn reward, simulator feedback and texts."""
 
     seed: int
@@ -104,10 +105,8 @@ def rollout(
         out = _generate(policy, ids, attn, cfg.new_tokens, eos, temp, gen, ban, first_ban=first).cpu()
         for j, i in enumerate(live):
             resp = out[j].tolist()
-            if eos in resp:
-                resp = resp[: resp.index(eos) + 1]
-            else:
-                resp = resp + [eos]
+            forced = eos not in resp  # the turn ran out of tokens: an EOS closes it, not sampled
+            resp = resp + [eos] if forced else resp[: resp.index(eos) + 1]
             text = tok.decode(resp[:-1], skip_special_tokens=False).strip()
             items = [x for x in items_in(text) if x in catalog]
             e = eps[i]
@@ -116,7 +115,7 @@ def rollout(
             e.responses.append(text)
             e.recs.append(items)
             e.ids += resp
-            e.gen += [1] * len(resp)
+            e.gen += [1] * (len(resp) - forced) + [0] * forced  # PPO scores only what was sampled
             e.turn_ends.append(len(e.ids) - 1)
             reply, fb, done = users[i].step(render(text, catalog), items)
             e.satisfaction, e.accepted = fb.satisfaction, fb.accepted

@@ -151,8 +151,14 @@ def test_make_batch_log_probs_are_those_the_rollout_sampled_from(monkeypatch, no
             for r, a in zip(mb.ids, mb.attn, strict=True)
         ]
         lp[rows, : mb.old_lp.shape[1]] = mb.old_lp
-    checked = 0
+    checked = forced = 0
     for i, e in enumerate(eps):
+        for start, end in zip(e.turn_starts, e.turn_ends, strict=True):
+            sampled = e.gen[start : end + 1]
+            assert e.ids[end] == tok.eos_token_id and all(sampled[:-1])
+            forced += end - start == cfg.new_tokens  # ran out of tokens: the EOS was appended, not sampled
+            assert sampled[-1] == int(end - start < cfg.new_tokens)
+        assert PPO.reward_positions(e) == [end - 1 - (1 - e.gen[end]) for end in e.turn_ends]
         start = e.turn_starts[0]
         for s, (p, out) in enumerate(drawn):
             pos = start + s
@@ -162,7 +168,7 @@ def test_make_batch_log_probs_are_those_the_rollout_sampled_from(monkeypatch, no
             want = torch.log(p[i, e.ids[pos]])
             torch.testing.assert_close(lp[i, pos - 1], want, atol=2e-5, rtol=2e-5)
             checked += 1
-    assert checked >= 10
+    assert checked >= 10 and forced >= 1
     assert (batch.kl[batch.mask > 0].abs() < 1e-5).all()  # the policy is its reference: no KL, banned or not
     assert (batch.kl_k3[batch.mask > 0].abs() < 1e-5).all() and batch.kl_summary()["kl_k3"] < 1e-4
 
