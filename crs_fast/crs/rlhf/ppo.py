@@ -93,23 +93,20 @@ def make_batch(policy: Policy, ref: Policy, eps: Sequence[Episode], tok, beta: f
         gen, _ = pad_right([eps[b].gen for b in g], 0, dev)
         mask = gen[:, 1:].float()
         state = policy.trunk(ids, attn)  # the frozen trunk, shared by policy, value and reference
+        # what the rollouts banned at each position: log-probs are those of what they sampled from
+        tb = sampling_bans([eps[b] for b in g], mask.shape[1], item_tokens, tok.eos_token_id, cfg)
         items = at = ban = None
         if use_items:
             at = torch.zeros(mask.shape, dtype=torch.bool)
-            ban = torch.zeros(sum(len(eps[b].turn_starts) for b in g), n_items, dtype=torch.bool)
-            row = 0
             for r, b in enumerate(g):
-                for start in eps[b].turn_starts:  # increasing: the row-major order of `at`
-                    at[r, start - 1] = True
-                    if cfg.no_repeat_items:
-                        seen = item_of[torch.tensor(eps[b].ids[:start], dtype=torch.int64)]
-                        ban[row, seen[seen >= 0]] = True
-                    row += 1
-            at, ban = at.to(dev), ban.to(dev)
-        # log-probs of what the rollouts sampled from (their bans applied), for policy and reference alike;
-        # with items_at, a fourth output: the log-probs over the catalog at those states
-        tb = sampling_bans([eps[b] for b in g], mask.shape[1], item_tokens, tok.eos_token_id, cfg)
+                at[r, [start - 1 for start in eps[b].turn_starts]] = True
+            rows, pos = at.nonzero(as_tuple=True)  # row-major: the order of the item-choice states
+            banned_items = item_of[tb[0][rows].clamp(min=0)].masked_fill(~tb[1][rows, pos] | (tb[0][rows] < 0), -1)
+            ban = torch.zeros(len(rows), n_items + 1, dtype=torch.bool)  # column n_items: no item
+            ban[torch.arange(len(rows))[:, None], banned_items.masked_fill(banned_items < 0, n_items)] = True
+            at, ban = at.to(dev), ban[:, :n_items].to(dev)
         tb = (tb[0].to(dev), tb[1].to(dev))
+        # with items_at, a fourth output: the log-probs over the catalog at those states
         out = policy.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban, token_ban=tb)
         ref_out = ref.logprobs(ids, attn, select=mask > 0, state=state, items_at=at, item_ban=ban, token_ban=tb)
         (lp, _, v), ref_lp = out[:3], ref_out[0]
