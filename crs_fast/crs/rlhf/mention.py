@@ -125,6 +125,11 @@ def ban_logprobs(
     cancels) from the materialised logits of those positions instead. fp32 inside, differentiable;
     a label that is banned at its position is an error (the sampler never draws one)."""
     tokens, banned = ban
+    if tokens.ndim != 2 or tuple(banned.shape) != (*labels.shape, tokens.shape[1]) or banned.dtype != torch.bool:
+        raise ValueError(
+            f"token_ban: expected (tokens [B, M] int, banned [B, T, M] bool) with [B, T] = {list(labels.shape)}, "
+            f"got tokens {list(tokens.shape)} and banned {list(banned.shape)} {banned.dtype}"
+        )
     if tokens.shape[1] == 0 or not bool(banned.any()):
         return lp, ent
     banned = banned & (tokens >= 0)[:, None, :]

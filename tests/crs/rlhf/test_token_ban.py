@@ -108,6 +108,18 @@ def test_banned_logprobs_and_entropy_equal_the_masked_softmax(setup, temperature
     torch.testing.assert_close(ent_s, torch.where(sel, want_ent, 0).detach(), atol=3e-5, rtol=3e-5)
 
 
+def test_token_ban_of_the_wrong_shape_or_type_is_an_error_and_strided_bans_work(setup):
+    policy, x, attn, ids, tok = setup
+    tokens, banned = _random_ban(x, ids, tok.eos_token_id, 1)
+    for bad in ((tokens, banned[:, :-1]), (tokens[:, :2], banned), (tokens, banned.float()), (tokens[0], banned)):
+        with pytest.raises(ValueError, match="token_ban: expected"):
+            policy.logprobs(x, attn, token_ban=bad)
+    want = policy.logprobs(x, attn, token_ban=(tokens, banned))[0]
+    strided = (tokens.T.contiguous().T, banned.permute(2, 0, 1).contiguous().permute(1, 2, 0))
+    assert not strided[1].is_contiguous()
+    torch.testing.assert_close(policy.logprobs(x, attn, token_ban=strided)[0], want)
+
+
 def test_a_banned_label_is_an_error(setup):
     policy, x, attn, ids, tok = setup
     tokens = x[:, 2:3].clone()  # each row's third token, banned where it is the label
