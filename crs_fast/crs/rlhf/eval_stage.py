@@ -143,12 +143,13 @@ def run_eval(
         def recall_diff(key: str, groups: list[str]) -> dict[str, float]:
             return cluster_bootstrap_diff(per["sft"][key], per["ppo"][key], groups, n=cfg.bootstrap, seed=cfg.seed)
 
+        # per held-out user: the simulator's satisfaction and acceptance (the true reward), the
+        # offline R_phi's reward (the proxy PPO maximises) and coherence, paired by user
         result["ppo_vs_sft"] = {
-            "satisfaction": bootstrap_diff(
-                per["sft"]["satisfaction"], per["ppo"]["satisfaction"], n=cfg.bootstrap, seed=cfg.seed
-            ),
-            "recall@10": recall_diff("recall@10", [x.group for x in samples]),
+            key: bootstrap_diff(per["sft"][key], per["ppo"][key], n=cfg.bootstrap, seed=cfg.seed)
+            for key in ("satisfaction", "accepted", "rphi_reward", "coherence")
         }
+        result["ppo_vs_sft"]["recall@10"] = recall_diff("recall@10", [x.group for x in samples])
         if ds in real_sets:
             groups = [x.group for x in real_sets[ds][0]]
             result[f"{ds}_ppo_vs_sft"] = {f"recall@{c}": recall_diff(f"{ds}_recall@{c}", groups) for c in KS}

@@ -5,6 +5,7 @@ and paired bootstrap confidence intervals between policies."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
@@ -210,17 +211,29 @@ def dialogue_metrics(
     pool: Sequence[str] | None = None,
 ) -> tuple[dict, dict]:
     """Satisfaction and coherence from greedy dialogues with held-out synthetic users (drawn from
-    ``pool``); also the per-user values (for paired bootstraps)."""
+    ``pool``); also the per-user values (for paired bootstraps): ``satisfaction`` (the
+    simulator's), ``accepted`` (0/1), ``rphi_reward`` (``scorer``'s reward, mean over the user's
+    system turns) and ``coherence`` (mean over the user's turns of the encoder's cosine between
+    context and response). The reported means are the means of these per-user values, except
+    coherence and distinct-n, which pool all turns."""
     eps = rollout(policy, tok, catalog, seeds, cfg, scorer, sample=False, pool=pool)
     ctx = [render(c, catalog) for e in eps for c in e.contexts]
     resp = [render(r, catalog) for e in eps for r in e.responses]
     coh = (encoder.encode(ctx) * encoder.encode(resp)).sum(-1) if resp else torch.zeros(0)
     sat = [e.satisfaction for e in eps]
-    per = {"satisfaction": sat, "accepted": [float(e.accepted) for e in eps]}
+    bounds = [0]
+    for e in eps:
+        bounds.append(bounds[-1] + len(e.responses))
+    per = {
+        "satisfaction": sat,
+        "accepted": [float(e.accepted) for e in eps],
+        "rphi_reward": [sum(e.rewards) / max(len(e.rewards), 1) for e in eps],
+        "coherence": [float(coh[a:b].mean()) if b > a else 0.0 for a, b in itertools.pairwise(bounds)],
+    }
     out = {
         "satisfaction": sum(sat) / max(len(sat), 1),
         "accept_rate": sum(per["accepted"]) / max(len(eps), 1),
-        "rphi_reward": sum(sum(e.rewards) / max(len(e.rewards), 1) for e in eps) / max(len(eps), 1),
+        "rphi_reward": sum(per["rphi_reward"]) / max(len(eps), 1),
         "coherence": float(coh.mean()) if len(coh) else 0.0,
         "distinct1": distinct(resp, 1),
         "distinct2": distinct(resp, 2),

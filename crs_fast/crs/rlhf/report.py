@@ -82,8 +82,11 @@ def report(result: dict) -> str:
     if "ppo_vs_sft" in result:
         lines.append("")
         for k, v in result["ppo_vs_sft"].items():
-            whole = f", {v['groups']} users resampled whole" if "groups" in v else ""
-            lines.append(f"PPO - SFT, {k}: {v['diff']:+.4f} (95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}{whole})")
+            whole = f", {v['groups']} users resampled whole" if "groups" in v else ", paired by user"
+            lines.append(
+                f"PPO - SFT, {SYNTHETIC_LABELS.get(k, k)}: {v['diff']:+.4f} "
+                f"(95% bootstrap CI {v['lo']:+.4f} .. {v['hi']:+.4f}{whole})"
+            )
     for name in ("sft", "ppo"):
         if result.get(name, {}).get("rankings_same_as"):
             lines.append(
@@ -253,8 +256,19 @@ def plots(out: pathlib.Path, *, kl_target: float | None = None) -> list[pathlib.
     return written
 
 
+# ``ppo_vs_sft`` keys -> what they measure, on the held-out synthetic users
+SYNTHETIC_LABELS = {
+    "satisfaction": "synthetic satisfaction (the simulator's)",
+    "accepted": "synthetic acceptance rate",
+    "rphi_reward": "offline R_phi reward per turn (the proxy PPO maximises)",
+    "coherence": "synthetic coherence",
+    "recall@10": "synthetic Recall@10",
+}
+
+
 def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
-    """``path`` (PNG): base, SFT and PPO side by side on synthetic satisfaction and, with the
+    """``path`` (PNG): base, SFT and PPO side by side on synthetic satisfaction (the
+    simulator's, the true reward) and the offline R_phi's reward (the proxy PPO maximises) and, with the
     baselines on the same samples, synthetic Recall@10 and, when evaluated, ReDial test
     Recall@1/10/50 beside the published UniCRS numbers; each panel's title carries PPO - SFT with
     its 95% bootstrap interval. None when no policy was evaluated."""
@@ -285,6 +299,11 @@ def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
         (
             "synthetic satisfaction" + diff("ppo_vs_sft", "satisfaction"),
             lambda: (names, [result[n]["synthetic"]["satisfaction"] for n in names]),
+            None,
+        ),
+        (
+            "offline R_phi reward (proxy)" + diff("ppo_vs_sft", "rphi_reward"),
+            lambda: (names, [result[n]["synthetic"]["rphi_reward"] for n in names]),
             None,
         ),
         (
@@ -348,5 +367,11 @@ def headline(results: dict[str, dict]) -> str:
         d = r.get(f"{ds}_ppo_vs_sft", {}).get("recall@10")
         if d:
             lines.append(f"- PPO - SFT, standard Recall@10: {d['diff']:+.3f} (95% CI {d['lo']:+.3f} .. {d['hi']:+.3f})")
+        for key in ("satisfaction", "rphi_reward"):
+            d = r.get("ppo_vs_sft", {}).get(key)
+            if d:
+                lines.append(
+                    f"- PPO - SFT, {SYNTHETIC_LABELS[key]}: {d['diff']:+.3f} (95% CI {d['lo']:+.3f} .. {d['hi']:+.3f})"
+                )
         lines.append("")
     return "\n".join(lines)

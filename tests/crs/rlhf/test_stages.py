@@ -148,7 +148,15 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
         assert 0 <= metrics[name]["recall@10"] <= 1
     assert 0 < metrics["ppo"]["kl"] < 200
     result = json.loads((out / "eval.json").read_text())
-    assert set(result["ppo_vs_sft"]) == {"satisfaction", "recall@10"}
+    assert set(result["ppo_vs_sft"]) == {"satisfaction", "accepted", "rphi_reward", "coherence", "recall@10"}
+    # the paired differences are of the per-user values whose means eval.json reports
+    reported_as = {"satisfaction": "satisfaction", "accepted": "accept_rate", "rphi_reward": "rphi_reward"}
+    for key, reported in reported_as.items():
+        d = result["ppo_vs_sft"][key]
+        mine = result["ppo"]["synthetic"][reported] - result["sft"]["synthetic"][reported]
+        assert d["diff"] == pytest.approx(mine, abs=1e-9) and d["lo"] <= d["diff"] <= d["hi"], key
+    coh = result["ppo_vs_sft"]["coherence"]  # the mean over users of each user's mean over turns
+    assert -2 <= coh["lo"] <= coh["diff"] <= coh["hi"] <= 2
     assert set(result["baselines"]) == {"popularity", "repeat", "cooccurrence", "content"}
     assert result["baselines"]["repeat"]["synthetic"]["dedup"]["recall@50"] == 0.0  # zero by construction
     assert set(result["vs_baselines"]) == {"base", "sft", "ppo"}  # every policy's intervals, not only PPO's
@@ -188,6 +196,7 @@ def test_quick_demo_writes_metrics_table_and_plots(tmp_path, dataset):
     assert (out / "plots" / "eval.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "UniCRS (published)" in report and "(baseline)" in report
+    assert "PPO - SFT, offline R_phi reward per turn (the proxy PPO maximises)" in report
     for link in ("plots/eval.png", "plots/ppo.png"):  # the report links the plots the run drew
         assert f"]({link})" in report and (out / link).exists()
 
