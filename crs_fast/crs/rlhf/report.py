@@ -302,16 +302,20 @@ def eval_plot(result: dict, path: pathlib.Path) -> pathlib.Path | None:
             None,
         ),
         (
-            "offline R_phi reward (proxy)" + diff("ppo_vs_sft", "rphi_reward"),
-            lambda: (names, [result[n]["synthetic"]["rphi_reward"] for n in names]),
-            None,
-        ),
-        (
             "synthetic Recall@10" + diff("ppo_vs_sft", "recall@10"),
             lambda: with_baselines("synthetic", lambda r: r["standard"]["recall@10"]),
             None,
         ),
     ]
+    if all("rphi_reward" in result[n]["synthetic"] for n in names):  # eval.json files before 2026-12-06 lack it
+        panels.insert(
+            1,
+            (
+                "offline R_phi reward (proxy)" + diff("ppo_vs_sft", "rphi_reward"),
+                lambda: (names, [result[n]["synthetic"]["rphi_reward"] for n in names]),
+                None,
+            ),
+        )
     ds = result.get("dataset", "redial")
     published = (PUBLISHED_OPENDIALKG if ds == "opendialkg" else PUBLISHED)["UniCRS"]
     if all(ds in result[n] for n in names):

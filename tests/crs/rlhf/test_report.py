@@ -37,9 +37,14 @@ def test_eval_plot_with_and_without_redial(tmp_path):
 
     ci = {"diff": 0.1, "lo": 0.05, "hi": 0.15}
     for redial in (False, True):
-        result = {name: policy(redial) for name in ("base", "sft", "ppo")}
-        result["ppo_vs_sft"] = {"satisfaction": ci, "recall@10": ci}
-        path = REP.eval_plot(result, tmp_path / f"plots{redial}" / "eval.png")
-        assert path is not None and path.stat().st_size > 1000
+        for proxy in (False, True):  # with the offline R_phi's reward, and an older eval.json without it
+            result = {name: policy(redial) for name in ("base", "sft", "ppo")}
+            result["ppo_vs_sft"] = {"satisfaction": ci, "recall@10": ci}
+            if proxy:
+                for name in ("base", "sft", "ppo"):
+                    result[name]["synthetic"]["rphi_reward"] = random.random()
+                result["ppo_vs_sft"]["rphi_reward"] = ci
+            path = REP.eval_plot(result, tmp_path / f"plots{redial}{proxy}" / "eval.png")
+            assert path is not None and path.stat().st_size > 1000
     assert REP.eval_plot({"config": {}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
