@@ -106,7 +106,7 @@ def policy_logprobs(policy, h, labels, lp, ent, temperature: float, found) -> tu
     items, bonus = found
     hf = h.float()
     z_y = (hf * head_rows(policy, labels).float()).sum(-1) / temperature
-    z_items = torch.einsum("btd,bmd->btm", hf, policy.item_rows().float()[items.clamp(min=0)]) / temperature
+    z_items = torch.einsum("btd,bmd->btm", hf, rows_of(policy.item_rows().float(), items.clamp(min=0))) / temperature
     c = bonus.float() / temperature
     is_label = (policy.item_index[labels][..., None] == items[:, None, :]) & (items[:, None, :] >= 0)
     lp2, ent2 = correct_logprobs(lp, ent, z_y, z_items, c, (c * is_label).sum(-1))
@@ -176,14 +176,23 @@ def head_rows(policy, tokens: torch.Tensor) -> torch.Tensor:
     """``policy.head()[tokens]`` [..., H'] without building the head: a token's row, with zeros in
     the item columns, or its item's row of :meth:`~crs_fast.crs.rlhf.policy.Policy.item_rows`
     (same values, same gradients)."""
-    rows = policy._token_head()[tokens]
+    rows = rows_of(policy._token_head(), tokens)
     if policy.item_bias is None and policy.item_attr is None:
         return rows
     if policy.item_bias is not None:
         rows = torch.cat([rows, rows.new_zeros(*rows.shape[:-1], policy.item_bias_dims())], -1)
     idx = policy.item_index[tokens]
-    items = policy.item_rows().to(rows.dtype)[idx.clamp(min=0)]
+    items = rows_of(policy.item_rows().to(rows.dtype), idx.clamp(min=0))
     return torch.where((idx >= 0)[..., None], items, rows)
+
+
+def rows_of(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``weight[index]`` [..., H] for ``weight`` [R, H] and integer ``index`` [...], with a
+    deterministic gradient: the backward of advanced indexing accumulates repeated indices with
+    ``index_put_(accumulate=True)``, whose CPU kernel adds them in a thread-dependent order (the
+    same step gave gradients differing in the last bits from run to run); ``index_select``'s
+    backward (``index_add_``) adds them in index order."""
+    return torch.index_select(weight, 0, index.reshape(-1)).view(*index.shape, weight.shape[-1])
 
 
 def scatter_bonus(items: torch.Tensor, bonus: torch.Tensor, n: int) -> torch.Tensor:

@@ -39,6 +39,20 @@ def test_sft_lowers_the_loss_and_rm_reports_quality(trained):
     assert (out / "sft" / "policy.safetensors").exists() and (out / "rm" / "reward_model.safetensors").exists()
 
 
+def test_sft_run_again_gives_the_same_policy_bit_for_bit(trained, tmp_path):
+    """Same configuration, same seed: the same losses and parameters, to the bit (a gradient
+    accumulated in a thread-dependent order made two full-recipe runs differ from the 5th step)."""
+    from safetensors.torch import load_file
+
+    cfg, out, _ = trained
+    ST.run_sft(cfg, tmp_path)
+    assert [r["sft_loss"] for r in IO.Tracker(tmp_path).rows("sft")] == [
+        r["sft_loss"] for r in IO.Tracker(out).rows("sft")
+    ]
+    a, b = load_file(out / "sft" / "policy.safetensors"), load_file(tmp_path / "sft" / "policy.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_interrupted_and_resumed_ppo_ends_like_an_uninterrupted_run(trained, tmp_path, encoder):
     cfg, out, _ = trained
     a, b = tmp_path / "a", tmp_path / "b"
