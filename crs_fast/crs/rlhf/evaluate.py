@@ -5,7 +5,6 @@ and paired bootstrap confidence intervals between policies."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
@@ -221,14 +220,11 @@ def dialogue_metrics(
     resp = [render(r, catalog) for e in eps for r in e.responses]
     coh = (encoder.encode(ctx) * encoder.encode(resp)).sum(-1) if resp else torch.zeros(0)
     sat = [e.satisfaction for e in eps]
-    bounds = [0]
-    for e in eps:
-        bounds.append(bounds[-1] + len(e.responses))
     per = {
         "satisfaction": sat,
         "accepted": [float(e.accepted) for e in eps],
         "rphi_reward": [sum(e.rewards) / max(len(e.rewards), 1) for e in eps],
-        "coherence": [float(coh[a:b].mean()) if b > a else 0.0 for a, b in itertools.pairwise(bounds)],
+        "coherence": [float(c.mean()) if len(c) else 0.0 for c in coh.split([len(e.responses) for e in eps])],
     }
     out = {
         "satisfaction": sum(sat) / max(len(sat), 1),

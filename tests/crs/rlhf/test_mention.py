@@ -228,3 +228,6 @@ def test_rows_of_is_indexing_with_a_gradient_that_does_not_vary_between_runs():
     torch.testing.assert_close(ref, grad(lambda x: x[idx]), rtol=1e-5, atol=1e-5)
     assert all(torch.equal(ref, grad(lambda x: rows_of(x, idx))) for _ in range(30))
     assert rows_of(w, torch.zeros(0, dtype=torch.long)).shape == (0, 129)
+    assert torch.equal(rows_of(w[:, ::2], idx.T), w[:, ::2][idx.T])  # strided weight and index
+    with pytest.raises(IndexError):
+        rows_of(w, torch.tensor([525]))
