@@ -37,7 +37,7 @@ from crs_fast.crs.rlhf.compare import sample_sets
 from crs_fast.crs.rlhf.config import Config
 from crs_fast.crs.rlhf.corpus import prompt, real_training
 from crs_fast.crs.rlhf.evaluate import Sample, cluster_bootstrap_diff
-from crs_fast.crs.rlhf.item_fit import _marks, item_logits, queries, split
+from crs_fast.crs.rlhf.item_fit import Queries, _marks, item_logits, queries, split
 from crs_fast.crs.rlhf.run_io import load_policy, setup_stage
 
 torch.manual_seed(0)
@@ -104,12 +104,16 @@ vq = queries(policy, tok, std + ded, index, cfg)
 vq_std, vq_ded = split(vq, len(std))
 vf = queries(policy, tok, std + ded, index, cfg, hidden=False)
 print(f"valid queries {time.time() - t0:.0f}s ({len(std)} / {len(ded)} samples)", flush=True)
-with torch.no_grad():
-    allp = torch.arange(len(vq.q))
-    S_valid = item_logits(policy, type(vq)(vq.q, vq.ment, allp, allp, allp[:, None], vq.named, vq.named_w))
-    S_feat_valid = item_logits(policy, type(vf)(vf.q, vf.ment, allp, allp, allp[:, None], vf.named, vf.named_w))
-    tp = torch.arange(len(tq.q))
-    S_train = item_logits(policy, type(tq)(tq.q, tq.ment, tp, tp, tp[:, None], tq.named, tq.named_w))
+
+
+@torch.no_grad()
+def every_prompt(qs: Queries) -> torch.Tensor:
+    """[P, I]: the policy's item scores after each distinct prompt of ``qs`` (one row per prompt)."""
+    rows = torch.arange(len(qs.q))
+    return item_logits(policy, Queries(qs.q, qs.ment, rows, rows, rows[:, None], qs.named, qs.named_w))
+
+
+S_valid, S_feat_valid, S_train = every_prompt(vq), every_prompt(vf), every_prompt(tq)
 F_train, F_valid = tq.q[:, H:].clone(), vf.q[:, H:].clone()
 scale = F_train.std(0)
 scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))  # the constant column stays 1
